@@ -1,0 +1,114 @@
+"""The WebAssembly engine interface: engine -> compiled module -> instance.
+
+Engines are plugins (`register_engines`). The runtime and the worker pool only see these
+types, so an engine can be swapped without touching them. An engine knows how to compile
+and run modules and how to speak the guest ABI's memory protocol (`docs/abi.md`); it
+knows nothing of services, packages or transports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from okra_core.hostapi import HostFunction
+
+#: Receives what the guest writes to stdout (fd 1) or stderr (fd 2), in chunks as written.
+StdioSink = Callable[[int, bytes], None]
+
+
+class GuestTrap(Exception):
+    """The guest trapped (unreachable, out-of-bounds access, stack overflow...).
+
+    The instance is in an unknown state afterwards and must be discarded.
+    """
+
+
+class GuestFault(Exception):
+    """The guest broke the ABI (a response outside memory, a missing buffer...).
+
+    Like a trap, the instance must be discarded.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSpec:
+    """One import of a module: `module.name`, its kind and, for functions, its type."""
+
+    module: str
+    name: str
+    kind: str  # "func", "memory", "table", "global", "tag"
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSpec:
+    name: str
+    kind: str
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Instance(Protocol):
+    """One instantiated module. Not thread-safe: one call at a time."""
+
+    def abi_version(self) -> int:
+        """Call the guest's `okra_abi_version` export."""
+
+    def handle(self, request: bytes) -> bytes:
+        """Run one request envelope through `okra_handle`; return the response envelope.
+
+        Raises GuestTrap or GuestFault; the caller must then discard the instance.
+        """
+
+    def close(self) -> None:
+        """Release the instance's memory. Idempotent."""
+
+
+@runtime_checkable
+class CompiledModule(Protocol):
+    """A compiled module, ready to instantiate many times."""
+
+    @property
+    def imports(self) -> Sequence[ImportSpec]: ...
+
+    @property
+    def exports(self) -> Sequence[ExportSpec]: ...
+
+    def instantiate(
+        self, host_functions: Sequence[HostFunction], stdio: StdioSink
+    ) -> Instance:
+        """Link WASI (no preopens, no environment, no arguments; fd 1 and 2 go to
+        `stdio`), then exactly `host_functions`, instantiate, run `_initialize` if
+        exported and set up the ABI request buffer.
+
+        Raises GuestTrap if the initialiser traps, and a DeployError subclass if the
+        module cannot be linked.
+        """
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A WebAssembly engine."""
+
+    name: str
+
+    def compile(self, wasm: bytes) -> CompiledModule:
+        """Compile (or load from the engine's on-disk cache) a module.
+
+        Raises PackageError if the bytes are not a valid module.
+        """
+
+    def describe(self) -> dict[str, str]:
+        """Version and settings, for `okra plugins` and cache keys."""
+
+
+#: What `register_engines` registers: a name and a factory taking the engine options.
+EngineFactory = Callable[..., Engine]

@@ -1,0 +1,127 @@
+"""Host APIs: the only way a guest touches the world.
+
+A host API is a namespace of functions (`okra.log.write`, `okra.log.enabled`...). Plugins
+register host APIs (`register_host_apis`); a package's manifest requests them; operator
+policy narrows them; only the granted functions are linked into an instance. The calling
+convention is in `docs/abi.md` ("Host function convention").
+
+Host functions are engine-neutral: they receive a `HostContext` (the calling instance's
+memory, its service, its pending result) and plain integers, and return an `int`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from okra_core.status import StatusCode
+
+
+class HostError(Exception):
+    """Raised by a host function to fail with a status code (returned as `-code`).
+
+    The message becomes the instance's pending result, so the guest can read it.
+    """
+
+    def __init__(self, code: StatusCode, message: str):
+        super().__init__(message)
+        self.code = StatusCode(code)
+        self.message = message
+
+
+@runtime_checkable
+class GuestMemory(Protocol):
+    """Access to the calling instance's linear memory, bounds-checked."""
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Raise HostError(INVALID_ARGUMENT) if the range is outside memory."""
+
+    def write(self, ptr: int, data: bytes) -> None:
+        """Raise HostError(INVALID_ARGUMENT) if the range is outside memory."""
+
+
+class HostContext:
+    """What a host function knows about its caller. One per instance.
+
+    The engine sets `memory` when it creates the instance.
+    """
+
+    __slots__ = ("service", "logger", "memory", "pending", "config")
+
+    def __init__(self, service: str, logger: logging.Logger):
+        self.service = service
+        self.logger = logger
+        self.memory: GuestMemory | None = None
+        #: The pending result of the last data-returning call (see `okra.abi.take`).
+        self.pending: bytes | None = None
+        #: Per-API configuration from the manifest, keyed by namespace.
+        self.config: dict[str, Mapping[str, Any]] = {}
+
+    def return_data(self, data: bytes, out_ptr: int, out_cap: int) -> int:
+        """Deliver a variable-size result by the ABI convention: write it if it fits,
+        otherwise keep it pending. Returns its length either way."""
+        if len(data) <= out_cap:
+            assert self.memory is not None
+            self.memory.write(out_ptr, data)
+            self.pending = None
+        else:
+            self.pending = data
+        return len(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFunction:
+    """One function the host links into an instance.
+
+    `impl(ctx, *args)` receives the calling instance's HostContext and the wasm arguments
+    as Python ints and returns an int (the i32 result). It may raise HostError. Any other
+    exception is a bug in the host API: the engine logs it and returns `-INTERNAL`.
+    """
+
+    namespace: str
+    name: str
+    params: tuple[str, ...]
+    impl: Callable[..., int]
+    results: tuple[str, ...] = ("i32",)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+
+@runtime_checkable
+class HostAPI(Protocol):
+    """A namespace of host functions, registered by a plugin."""
+
+    #: The import module name, e.g. "okra.log". Must start with "okra.".
+    namespace: str
+    #: One line for `okra plugins` and error messages.
+    description: str
+
+    def function_names(self) -> Sequence[str]:
+        """Every function this API offers."""
+
+    def functions(self, config: Mapping[str, Any]) -> Sequence[HostFunction]:
+        """Build the functions for one service, given its manifest config for this API.
+
+        Raise ConfigError for invalid config; it fails the deploy.
+        """
+
+
+def call_host_function(fn: HostFunction, ctx: HostContext, args: Sequence[int]) -> int:
+    """Run a host function by the ABI convention; every engine calls through here.
+
+    HostError becomes `-code` with the message pending; any other exception is a host
+    bug: logged, and `-INTERNAL` for the guest.
+    """
+    try:
+        return fn.impl(ctx, *args)
+    except HostError as exc:
+        ctx.pending = exc.message.encode()
+        return -exc.code
+    except Exception:
+        ctx.logger.exception("host function %s failed", fn.qualified_name)
+        ctx.pending = f"internal error in host function {fn.qualified_name}".encode()
+        return -StatusCode.INTERNAL
