@@ -134,7 +134,8 @@ def decode_response(data: bytes) -> tuple[bytes, int, str]:
 
 
 def _iter_fields(data: bytes | memoryview):
-    """Yield (field number, value) for a protobuf message; skips unknown wire types 1/5."""
+    """Yield (field number, value) for a protobuf message: an int for varints, a
+    memoryview for length-delimited and fixed-size fields."""
     view = memoryview(data)
     pos = 0
     end = len(view)
@@ -152,10 +153,10 @@ def _iter_fields(data: bytes | memoryview):
             value = view[pos : pos + length]
             pos += length
         elif wire_type == 1:
-            value = None
+            value = view[pos : pos + 8]
             pos += 8
         elif wire_type == 5:
-            value = None
+            value = view[pos : pos + 4]
             pos += 4
         else:
             raise ValueError(f"unsupported wire type {wire_type}")

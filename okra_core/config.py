@@ -1,0 +1,27 @@
+"""Operator settings for a runtime: which engine, what guests may be granted, limits."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    #: Engine plugin name and its options (e.g. {"cache_dir": "/var/cache/okra"}).
+    engine: str = "wasmtime"
+    engine_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Operator policy: the host APIs guests may be granted; None allows every installed one.
+    allowed_host_apis: frozenset[str] | None = None
+    #: Upper bound for any service's pool max, whatever its manifest asks.
+    max_instances_per_service: int = 64
+    #: Deadline for calls that come without one, in seconds.
+    default_timeout: float = 30.0
+    #: How long a redeploy or undeploy waits for in-flight calls of the old version.
+    drain_timeout: float = 30.0
+    #: Check that guest output parses as the method's response type (INTERNAL if not).
+    validate_output: bool = True
+
+    def allows(self, namespace: str) -> bool:
+        return self.allowed_host_apis is None or namespace in self.allowed_host_apis

@@ -1,0 +1,220 @@
+"""The worker pool: the WASM instances of one service.
+
+Each call runs single-threaded inside one instance that the pool lends exclusively.
+The pool keeps `min` instances warm, grows to `max`, makes callers wait in arrival order
+(up to their deadline) when every instance is busy, and replaces instances that are
+returned as discarded (after a trap, an instance is in an unknown state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from okra_core.engine import Instance
+from okra_core.status import RpcError, StatusCode
+
+log = logging.getLogger("okra.pool")
+
+
+@dataclasses.dataclass
+class PoolStats:
+    idle: int = 0
+    busy: int = 0
+    waiting: int = 0
+    created: int = 0
+    discarded: int = 0
+
+
+@runtime_checkable
+class WorkerPool(Protocol):
+    async def start(self) -> None:
+        """Warm the minimum number of instances; raise if the first cannot start."""
+
+    async def acquire(self, timeout: float | None) -> Instance:
+        """Lend an instance; wait in line when all are busy. Raises RpcError:
+        DEADLINE_EXCEEDED when `timeout` passes, UNAVAILABLE when closed or when a new
+        instance cannot be started."""
+
+    def release(self, instance: Instance, *, discard: bool = False) -> None:
+        """Give an instance back; `discard` destroys it (it will be replaced)."""
+
+    async def close(self, grace: float) -> None:
+        """Stop lending; wait up to `grace` for lent instances, then destroy all."""
+
+    @property
+    def stats(self) -> PoolStats: ...
+
+
+class InstancePool:
+    """A WorkerPool over any engine: `create` makes one ready instance (blocking, run in
+    `run_blocking`), so the pool never sees engine types."""
+
+    def __init__(
+        self,
+        create: Callable[[], Instance],
+        *,
+        min_size: int,
+        max_size: int,
+        run_blocking: Callable,
+        name: str = "pool",
+    ):
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError(f"invalid pool size min={min_size} max={max_size}")
+        self._create = create
+        self._run_blocking = run_blocking
+        self.min_size = min_size
+        self.max_size = max_size
+        self.name = name
+        self._idle: collections.deque[Instance] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._size = 0  # instances alive or being created
+        self._busy = 0
+        self._closed = False
+        self._drained: asyncio.Event | None = None
+        self._stats = PoolStats()
+        self._background: set[asyncio.Task] = set()
+
+    @property
+    def stats(self) -> PoolStats:
+        s = self._stats
+        return PoolStats(len(self._idle), self._busy, len(self._waiters), s.created, s.discarded)
+
+    def adopt(self, instance: Instance) -> None:
+        """Take an instance created elsewhere (the deploy's probe) as an idle one."""
+        self._size += 1
+        self._stats.created += 1
+        self._idle.append(instance)
+
+    async def start(self) -> None:
+        missing = self.min_size - self._size
+        if missing > 0:
+            instances = await asyncio.gather(*(self._new_instance() for _ in range(missing)))
+            self._idle.extend(instances)
+
+    async def _new_instance(self) -> Instance:
+        self._size += 1
+        try:
+            instance = await self._run_blocking(self._create)
+        except BaseException:
+            self._size -= 1
+            self._wake_one()  # a waiter may try to create one itself
+            raise
+        self._stats.created += 1
+        return instance
+
+    async def acquire(self, timeout: float | None) -> Instance:
+        if self._closed:
+            raise RpcError(StatusCode.UNAVAILABLE, f"{self.name} is shutting down")
+        while True:
+            if self._idle:
+                instance = self._idle.pop()  # LIFO: the warmest instance
+                break
+            if self._size < self.max_size:
+                try:
+                    instance = await self._new_instance()
+                except RpcError:
+                    raise
+                except Exception as exc:
+                    raise RpcError(
+                        StatusCode.UNAVAILABLE, f"{self.name}: cannot start an instance: {exc}"
+                    ) from exc
+                break
+            handed = await self._wait(timeout)
+            if handed is not None:
+                instance = handed
+                break
+        self._busy += 1
+        return instance
+
+    async def _wait(self, timeout: float | None) -> Instance | None:
+        """Wait for a released instance (returned) or a free slot (None)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed an instance or a slot just as we gave up: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    self._wake_one(None)
+                elif not self._wake_one(handed):
+                    self._idle.append(handed)
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise RpcError(
+                    StatusCode.DEADLINE_EXCEEDED,
+                    f"{self.name}: deadline exceeded while waiting for a free instance "
+                    f"(all {self.max_size} busy)",
+                ) from None
+            raise
+
+    def _wake_one(self, instance: Instance | None = None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(instance)
+                return True
+        return False
+
+    def release(self, instance: Instance, *, discard: bool = False) -> None:
+        self._busy -= 1
+        if discard or self._closed:
+            self._destroy(instance)
+            if discard:
+                self._stats.discarded += 1
+            if not self._closed:
+                if not self._wake_one(None) and self._size < self.min_size:
+                    self._replenish()
+        elif not self._wake_one(instance):
+            self._idle.append(instance)
+        if self._drained is not None and self._busy == 0:
+            self._drained.set()
+
+    def _destroy(self, instance: Instance) -> None:
+        self._size -= 1
+        try:
+            instance.close()
+        except Exception:
+            log.exception("%s: closing an instance failed", self.name)
+
+    def _replenish(self) -> None:
+        async def replace() -> None:
+            try:
+                instance = await self._new_instance()
+            except Exception as exc:
+                log.warning("%s: could not replace an instance: %s", self.name, exc)
+                return
+            if self._closed:
+                self._destroy(instance)
+            elif not self._wake_one(instance):
+                self._idle.append(instance)
+
+        task = asyncio.get_running_loop().create_task(replace())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self, grace: float) -> None:
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    RpcError(StatusCode.UNAVAILABLE, f"{self.name} is shutting down")
+                )
+        if self._busy:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("%s: %d calls still running after %.1fs", self.name, self._busy, grace)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        while self._idle:
+            self._destroy(self._idle.pop())

@@ -1,0 +1,415 @@
+"""The OKRA runtime: deploys packages onto an actor system and routes calls to them.
+
+Deploying a package checks it against this runtime (ABI version, host API grants,
+operator policy, required exports), compiles its module through the engine plugin, probes
+one instance, then starts one service actor per service, each with its worker pool. A
+deploy is all or nothing. Calls (`invoke`) find the service's actor by its fully
+qualified name and ask it; transports are thin layers over `invoke`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from okra_core import abi
+from okra_core._service import Invoke, ServiceActor
+from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
+from okra_core.config import RuntimeConfig
+from okra_core.descriptors import ServiceSchema
+from okra_core.engine import CompiledModule, Engine, GuestTrap, Instance
+from okra_core.errors import AbiError, CapabilityError, DeployError, OkraError, PluginError
+from okra_core.hostapi import HostContext, HostFunction
+from okra_core.package import Package
+from okra_core.plugins import Registry, get_registry
+from okra_core.pool import InstancePool
+from okra_core.status import RpcError, StatusCode
+
+log = logging.getLogger("okra.runtime")
+
+Listener = Callable[[str, str], None]
+
+
+@dataclasses.dataclass
+class Deployment:
+    """What one package put on the runtime."""
+
+    package: Package
+    services: dict[str, ServiceSchema]
+    actors: dict[str, ServiceActor]
+
+    @property
+    def name(self) -> str:
+        return self.package.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.package.manifest.version
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: RuntimeConfig | None = None,
+        registry: Registry | None = None,
+        actor_system: ActorSystem | None = None,
+    ):
+        self.config = config or RuntimeConfig()
+        self.registry = registry or get_registry()
+        self._actor_system = actor_system
+        self._engine: Engine | None = None
+        self._deployments: dict[str, Deployment] = {}  # by package name
+        self._owner: dict[str, str] = {}  # service -> package name
+        self._listeners: list[Listener] = []
+        self._deploy_lock: asyncio.Lock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._actor_system is None:
+            self._actor_system = local_actor_system()
+        if self._engine is None:
+            self._engine = self.registry.engine(self.config.engine, **self.config.engine_options)
+        self._deploy_lock = asyncio.Lock()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Drain in-flight calls (up to `grace` seconds) and release every instance."""
+        if self._actor_system is not None:
+            await self._actor_system.shutdown(grace=grace)
+        for name in list(self._deployments):
+            for service in self._deployments.pop(name).services:
+                self._owner.pop(service, None)
+                self._emit("undeployed", service)
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("runtime not started: call `await runtime.start()` first")
+        return self._engine
+
+    # -- discovery -------------------------------------------------------------------
+
+    def services(self) -> list[str]:
+        return sorted(self._owner)
+
+    def schema(self, service: str) -> ServiceSchema | None:
+        owner = self._owner.get(service)
+        return self._deployments[owner].services[service] if owner else None
+
+    def deployments(self) -> list[Deployment]:
+        return list(self._deployments.values())
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(event, service)` for "deployed" and "undeployed", on the loop."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, service: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, service)
+            except Exception:
+                log.exception("runtime listener failed on %s %s", event, service)
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float | None = None,
+    ) -> bytes:
+        """Call `service`/`method` with a binary protobuf request; return the binary
+        response. Raises RpcError."""
+        system = self._actor_system
+        if system is None:
+            raise RpcError(StatusCode.UNAVAILABLE, "runtime is not started")
+        try:
+            ref = system.lookup(service)
+        except ActorNotFound:
+            raise RpcError(
+                StatusCode.UNIMPLEMENTED, f"service {service} is not deployed"
+            ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.default_timeout if timeout is None else timeout)
+        try:
+            return await ref.ask(Invoke(method, payload, metadata, deadline))
+        except ActorStopped:
+            raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
+
+    # -- deploy ----------------------------------------------------------------------
+
+    async def deploy(self, package: Package) -> list[str]:
+        """Deploy (or redeploy) a package; returns its services. All or nothing: raises
+        DeployError (or a subclass) and changes nothing if any check fails."""
+        engine = self.engine
+        assert self._deploy_lock is not None and self._actor_system is not None
+        async with self._deploy_lock:
+            manifest = package.manifest
+            self._check_owners(package)
+            self._check_abi_version(manifest.abi_version)
+            grants = self._grant(package)
+            module = await asyncio.to_thread(engine.compile, package.wasm)
+            check_exports(module)
+            check_imports(module, grants, manifest.host_apis, self.config)
+            schemas = {name: package.schema(name) for name in manifest.services}
+
+            actors: dict[str, ServiceActor] = {}
+            try:
+                for service in manifest.services:
+                    actors[service] = await self._start_service(
+                        package, module, grants, schemas[service]
+                    )
+            except BaseException:
+                for actor in actors.values():
+                    await actor.on_stop()
+                raise
+
+            previous = self._deployments.get(manifest.name)
+            for service, actor in actors.items():
+                await self._actor_system.spawn(service, actor, replace=True)
+            self._deployments[manifest.name] = Deployment(package, schemas, actors)
+            if previous is not None:
+                for gone in set(previous.services) - set(schemas):
+                    await self._actor_system.stop(gone, grace=self.config.drain_timeout)
+                    self._owner.pop(gone, None)
+                    self._emit("undeployed", gone)
+            for service in schemas:
+                self._owner[service] = manifest.name
+                self._emit("deployed", service)
+            log.info(
+                "deployed %s %s: %s", manifest.name, manifest.version, ", ".join(schemas)
+            )
+            return list(schemas)
+
+    async def undeploy(self, name: str) -> list[str]:
+        """Undeploy a package, by package name or by one of its service names; in-flight
+        calls finish first (up to the drain timeout). Returns the services removed."""
+        assert self._deploy_lock is not None and self._actor_system is not None
+        async with self._deploy_lock:
+            package_name = name if name in self._deployments else self._owner.get(name)
+            if package_name is None:
+                known = ", ".join(sorted(self._deployments)) or "none"
+                raise DeployError(f"nothing named {name!r} is deployed (packages: {known})")
+            deployment = self._deployments.pop(package_name)
+            for service in deployment.services:
+                self._owner.pop(service, None)
+                self._emit("undeployed", service)
+            await asyncio.gather(
+                *(
+                    self._actor_system.stop(service, grace=self.config.drain_timeout)
+                    for service in deployment.services
+                )
+            )
+            log.info("undeployed %s", package_name)
+            return list(deployment.services)
+
+    def _check_owners(self, package: Package) -> None:
+        for service in package.manifest.services:
+            owner = self._owner.get(service)
+            if owner is not None and owner != package.manifest.name:
+                raise DeployError(
+                    f"service {service} is already deployed by package {owner!r}; "
+                    f"undeploy it first (okra undeploy {owner})"
+                )
+
+    def _check_abi_version(self, version: int) -> None:
+        if version not in abi.SUPPORTED_ABI_VERSIONS:
+            supported = ", ".join(map(str, sorted(abi.SUPPORTED_ABI_VERSIONS)))
+            raise AbiError(
+                f"package speaks guest ABI version {version}, but this runtime supports "
+                f"version {supported}: rebuild it with a matching SDK or upgrade OKRA"
+            )
+
+    def _grant(self, package: Package) -> dict[str, HostFunction]:
+        """The host functions this package is granted, by qualified name."""
+        granted: dict[str, HostFunction] = {}
+        for namespace, config in package.manifest.host_apis.items():
+            if not self.config.allows(namespace):
+                allowed = ", ".join(sorted(self.config.allowed_host_apis or ())) or "none"
+                raise CapabilityError(
+                    f"package {package.manifest.name!r} requests host API {namespace}, which "
+                    f"the operator policy does not allow (allowed: {allowed})"
+                )
+            try:
+                api = self.registry.host_api(namespace)
+            except PluginError:
+                raise CapabilityError(
+                    f"package {package.manifest.name!r} requests host API {namespace}, but no "
+                    "installed plugin provides it (see `okra plugins`)"
+                ) from None
+            options = {k: v for k, v in config.items() if k != "functions"}
+            wanted = config.get("functions")
+            if wanted is not None:
+                unknown = sorted(set(wanted) - set(api.function_names()))
+                if unknown:
+                    raise CapabilityError(
+                        f"host_apis[{namespace!r}].functions names {', '.join(unknown)}, "
+                        f"which {namespace} does not have (it has: "
+                        f"{', '.join(api.function_names())})"
+                    )
+            try:
+                functions = api.functions(options)
+            except OkraError as exc:
+                raise DeployError(f"host API {namespace}: {exc}") from None
+            for fn in functions:
+                if wanted is None or fn.name in wanted:
+                    granted[fn.qualified_name] = fn
+        return granted
+
+    async def _start_service(
+        self,
+        package: Package,
+        module: CompiledModule,
+        grants: Mapping[str, HostFunction],
+        schema: ServiceSchema,
+    ) -> ServiceActor:
+        manifest = package.manifest
+        logger = logging.getLogger(f"okra.service.{schema.name}")
+        functions = [*abi.abi_functions(), *grants.values()]
+        configs = {ns: dict(cfg) for ns, cfg in manifest.host_apis.items()}
+
+        def create() -> Instance:
+            context = HostContext(schema.name, logger)
+            context.config = configs
+            try:
+                instance = module.instantiate(functions, stdio_to_log(logger), context)
+            except GuestTrap as exc:
+                raise DeployError(f"{schema.name}: the module traps while starting: {exc}") from None
+            version = instance.abi_version()
+            if version != manifest.abi_version:
+                instance.close()
+                raise AbiError(
+                    f"module reports guest ABI version {version}, but its manifest says "
+                    f"{manifest.abi_version}"
+                )
+            return instance
+
+        max_size = min(manifest.pool.max, self.config.max_instances_per_service)
+        min_size = min(manifest.pool.min, max_size)
+        executor = ThreadPoolExecutor(max_workers=max_size, thread_name_prefix=f"okra:{schema.name}")
+        loop = asyncio.get_running_loop()
+        pool = InstancePool(
+            create,
+            min_size=min_size,
+            max_size=max_size,
+            run_blocking=lambda fn: loop.run_in_executor(executor, fn),
+            name=schema.name,
+        )
+        try:
+            # The probe: one instance proves the module links, initialises and speaks
+            # the ABI before the service is announced; it then serves as a warm one.
+            probe = await loop.run_in_executor(executor, create)
+            pool.adopt(probe)
+            await pool.start()
+        except BaseException:
+            await pool.close(grace=0)
+            executor.shutdown(wait=False)
+            raise
+        return ServiceActor(
+            schema, pool, executor, logger, validate_output=self.config.validate_output
+        )
+
+
+def check_exports(module: CompiledModule) -> None:
+    exports = {e.name: e for e in module.exports}
+    for name, signature in abi.REQUIRED_EXPORTS.items():
+        export = exports.get(name)
+        expected = "memory" if signature is None else "func"
+        if export is None or export.kind != expected:
+            raise AbiError(
+                f"module does not export {expected} {name!r} required by guest ABI v1: "
+                "was it built with an OKRA SDK?"
+            )
+        if signature is not None and (export.params, export.results) != signature:
+            raise AbiError(
+                f"export {name!r} has type {_sig(export.params, export.results)}, but guest "
+                f"ABI v1 requires {_sig(*signature)}"
+            )
+
+
+def check_imports(
+    module: CompiledModule,
+    grants: Mapping[str, HostFunction],
+    requested: Mapping[str, Any],
+    config: RuntimeConfig,
+) -> None:
+    """Every import must be WASI, `okra.abi`, or a granted host function; otherwise the
+    error names the import and what would grant it."""
+    abi_names = {fn.name: fn for fn in abi.abi_functions()}
+    for imp in module.imports:
+        if imp.module == abi.WASI_NAMESPACE:
+            continue  # the engine links WASI; an unknown WASI function fails at probe
+        name = imp.qualified_name
+        if imp.module == abi.ABI_NAMESPACE:
+            fn = abi_names.get(imp.name)
+            if fn is None:
+                raise AbiError(f"module imports {name}, which guest ABI v1 does not define")
+        elif imp.module.startswith(abi.HOST_API_PREFIX):
+            fn = grants.get(name)
+            if fn is None:
+                raise CapabilityError(_why_not_granted(imp.module, imp.name, requested, config))
+        else:
+            raise CapabilityError(
+                f"module imports {name} from namespace {imp.module!r}, which OKRA never "
+                f"links: guests may import only {abi.WASI_NAMESPACE}, {abi.ABI_NAMESPACE} "
+                "and granted okra.* host APIs"
+            )
+        if imp.kind != "func" or (imp.params, imp.results) != (fn.params, fn.results):
+            raise AbiError(
+                f"module imports {name} as {imp.kind} {_sig(imp.params, imp.results)}, but "
+                f"the host provides func {_sig(fn.params, fn.results)}"
+            )
+
+
+def _why_not_granted(
+    namespace: str, function: str, requested: Mapping[str, Any], config: RuntimeConfig
+) -> str:
+    name = f"{namespace}.{function}"
+    if namespace not in requested:
+        return (
+            f"module imports {name}, but the manifest does not grant it: add "
+            f'"{namespace}" to "host_apis" in okra.service.json'
+        )
+    if not config.allows(namespace):  # pragma: no cover - refused earlier, in _grant
+        return f"module imports {name}, but the operator policy denies {namespace}"
+    functions = requested[namespace].get("functions")
+    if functions is not None and function not in functions:
+        return (
+            f"module imports {name}, but the manifest grants only "
+            f"{', '.join(functions) or 'no functions'} of {namespace}: add "
+            f'"{function}" to host_apis["{namespace}"]["functions"] in okra.service.json'
+        )
+    return f"module imports {name}, but host API {namespace} has no function {function!r}"
+
+
+def _sig(params: Sequence[str], results: Sequence[str]) -> str:
+    return f"({', '.join(params)}) -> ({', '.join(results)})"
+
+
+def stdio_to_log(logger: logging.Logger) -> Callable[[int, bytes], None]:
+    """A sink for guest stdout (INFO) and stderr (WARNING) that logs whole lines."""
+    pending = {1: b"", 2: b""}
+    levels = {1: logging.INFO, 2: logging.WARNING}
+
+    def sink(fd: int, data: bytes) -> None:
+        buffer = pending.get(fd, b"") + data
+        *lines, rest = buffer.split(b"\n")
+        pending[fd] = rest[-65536:]
+        for line in lines:
+            logger.log(levels.get(fd, logging.INFO), "%s", line.decode("utf-8", "replace"))
+
+    return sink

@@ -1,0 +1,111 @@
+"""Host API `okra.log`: structured logging into the service's log.
+
+Records go to the Python logger `okra.service.<service>`, so the operator's logging
+set-up (levels, handlers, JSON formatters) applies. The structured fields travel in the
+record's `okra_fields` attribute and are also rendered into the message as `key=value`.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from okra_core.abi import iter_fields
+from okra_core.errors import ConfigError
+from okra_core.hookspecs import hookimpl
+from okra_core.hostapi import HostContext, HostError, HostFunction
+from okra_core.status import StatusCode
+
+#: Guest level -> Python logging level.
+LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+LEVEL_NAMES = {"debug": 1, "info": 2, "warning": 3, "warn": 3, "error": 4}
+
+
+def decode_record(data: bytes) -> tuple[str, dict[str, Any]]:
+    """A LogRecord (docs/abi.md) -> (message, fields)."""
+    message = ""
+    fields: dict[str, Any] = {}
+    for number, value in iter_fields(data):
+        if number == 1:
+            message = bytes(value).decode("utf-8", "replace")
+        elif number == 2:
+            key = ""
+            field_value: Any = None
+            for sub, raw in iter_fields(value):
+                if sub == 1:
+                    key = bytes(raw).decode("utf-8", "replace")
+                elif sub == 2:
+                    field_value = bytes(raw).decode("utf-8", "replace")
+                elif sub == 3:
+                    field_value = (raw >> 1) ^ -(raw & 1)  # zigzag
+                elif sub == 4:
+                    field_value = struct.unpack("<d", raw)[0]
+                elif sub == 5:
+                    field_value = bool(raw)
+            fields[key] = field_value
+    return message, fields
+
+
+def render(message: str, fields: Mapping[str, Any]) -> str:
+    if not fields:
+        return message
+    parts = [message]
+    for key, value in fields.items():
+        if isinstance(value, str) and (not value or any(c in value for c in ' ="')):
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+class LogAPI:
+    namespace = "okra.log"
+    description = "structured logging into the service's log (levels, message, fields)"
+
+    def function_names(self) -> Sequence[str]:
+        return ("write", "enabled")
+
+    def functions(self, config: Mapping[str, Any]) -> Sequence[HostFunction]:
+        unknown = set(config) - {"level"}
+        if unknown:
+            raise ConfigError(f"unknown okra.log settings: {', '.join(sorted(unknown))} (known: level)")
+        level_name = str(config.get("level", "debug")).lower()
+        if level_name not in LEVEL_NAMES:
+            raise ConfigError(
+                f"okra.log level {level_name!r} is not one of {', '.join(LEVEL_NAMES)}"
+            )
+        floor = LEVEL_NAMES[level_name]
+
+        def enabled(ctx: HostContext, level: int) -> int:
+            return int(level >= floor and level in LEVELS and ctx.logger.isEnabledFor(LEVELS[level]))
+
+        def write(ctx: HostContext, level: int, ptr: int, length: int) -> int:
+            if level not in LEVELS:
+                raise HostError(StatusCode.INVALID_ARGUMENT, f"unknown log level {level}")
+            if level < floor or not ctx.logger.isEnabledFor(LEVELS[level]):
+                return 0
+            assert ctx.memory is not None
+            try:
+                message, fields = decode_record(ctx.memory.read(ptr, length))
+            except ValueError as exc:
+                raise HostError(StatusCode.INVALID_ARGUMENT, f"malformed LogRecord: {exc}") from None
+            ctx.logger.log(
+                LEVELS[level],
+                "%s",
+                render(message, fields),
+                extra={"okra_service": ctx.service, "okra_fields": fields},
+            )
+            return 0
+
+        return (
+            HostFunction(self.namespace, "write", ("i32", "i32", "i32"), write),
+            HostFunction(self.namespace, "enabled", ("i32",), enabled),
+        )
+
+
+@hookimpl
+def register_host_apis(register):
+    register(LogAPI())
