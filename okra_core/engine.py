@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from okra_core.hostapi import HostFunction
+from okra_core.hostapi import HostContext, HostFunction
 
 #: Receives what the guest writes to stdout (fd 1) or stderr (fd 2), in chunks as written.
 StdioSink = Callable[[int, bytes], None]
@@ -83,11 +83,14 @@ class CompiledModule(Protocol):
     def exports(self) -> Sequence[ExportSpec]: ...
 
     def instantiate(
-        self, host_functions: Sequence[HostFunction], stdio: StdioSink
+        self, host_functions: Sequence[HostFunction], stdio: StdioSink, context: HostContext
     ) -> Instance:
         """Link WASI (no preopens, no environment, no arguments; fd 1 and 2 go to
         `stdio`), then exactly `host_functions`, instantiate, run `_initialize` if
         exported and set up the ABI request buffer.
+
+        `context` is the instance's HostContext, passed to every host function call;
+        the engine sets its `memory` to the new instance's memory.
 
         Raises GuestTrap if the initialiser traps, and a DeployError subclass if the
         module cannot be linked.
