@@ -1,0 +1,1 @@
+"""The `okra` command line: a thin layer over `okra_core`."""

@@ -1,0 +1,250 @@
+"""`okra`: init, build, dev, serve, call, plugins.
+
+Every command is a thin wrapper over `okra_core`; errors print as one line (no
+traceback) and exit with status 1. Set OKRA_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import pathlib
+import sys
+
+import rich_click as click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from okra_core.errors import OkraError
+from okra_core.status import RpcError
+
+err = Console(stderr=True)
+
+click.rich_click.USE_MARKDOWN = True
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(1)
+
+
+def errors_as_one_line(command):
+    """Turn OKRA's own errors into one clear line and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (OkraError, RpcError) as exc:
+            if os.environ.get("OKRA_DEBUG"):
+                raise
+            fail(_escape(str(exc)))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def setup_logging(level: str) -> None:
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
+    # grpc and asyncio chatter is for debugging only.
+    if level.upper() != "DEBUG":
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+@click.group()
+@click.version_option(package_name="okra")
+def cli():
+    """OKRA: secure, type-safe backend services written as WebAssembly and described
+    in Protobuf.
+
+    Start with `okra init NAME`, then `okra dev` in the new directory.
+    """
+
+
+# -- init / build ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--lang", "language", default="go", show_default=True, help="Guest language.")
+@click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=pathlib.Path),
+    help="Where to create the project (default: ./NAME).",
+)
+@errors_as_one_line
+def init(name: str, language: str, directory: pathlib.Path | None):
+    """Create a new service project NAME: a .proto, okra.toml and guest code."""
+    from okra_core.plugins import get_registry
+
+    target = directory or pathlib.Path(name)
+    if target.exists() and any(target.iterdir()):
+        raise OkraError(f"{target} already exists and is not empty")
+    files = get_registry().language(language).init_project(target, name)
+    click.echo(f"Created {language} project {name} in {target}:")
+    for file in files:
+        click.echo(f"  {pathlib.Path(file).relative_to(target.resolve()) if pathlib.Path(file).is_absolute() else file}")
+    click.echo(f"\nNext: cd {target} && okra dev")
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(exists=True, path_type=pathlib.Path))
+@errors_as_one_line
+def build(path: pathlib.Path):
+    """Build the project at PATH into dist/NAME-VERSION.okra.pkg."""
+    from okra_core.build import build_project
+
+    result = build_project(path)
+    click.echo(f"Built {result.path} ({', '.join(result.services)}) in {result.seconds:.1f}s")
+
+
+# -- serve / dev ----------------------------------------------------------------------
+
+
+def server_options(command):
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+        click.option(
+            "--grpc-port", type=click.IntRange(0, 65535), default=50051, show_default=True,
+            help="gRPC port; 0 picks a free one.",
+        ),
+        click.option(
+            "--allow-host-api", "allowed", multiple=True, metavar="NAMESPACE",
+            help="Operator policy: host APIs guests may be granted (repeat; default: all installed).",
+        ),
+        click.option("--engine", default="wasmtime", show_default=True, help="WebAssembly engine plugin."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="Compiled-module cache directory."),
+        click.option(
+            "--log-level", default="info", show_default=True,
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        ),
+        click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds to drain calls on shutdown."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _serve(packages, *, host, grpc_port, allowed, engine, cache_dir, log_level, grace):
+    from okra_core.config import RuntimeConfig
+    from okra_core.serve import Listener, Server, serve_until_signalled
+
+    setup_logging(log_level)
+    options = {"cache_dir": cache_dir} if cache_dir else {}
+    config = RuntimeConfig(
+        engine=engine,
+        engine_options=options,
+        allowed_host_apis=frozenset(allowed) if allowed else None,
+    )
+    server = Server(packages, [Listener("grpc", host, grpc_port)], config=config, grace=grace)
+
+    def ready(server: Server) -> None:
+        for name, bound_host, port in server.addresses:
+            label = {"grpc": "gRPC"}.get(name, name)
+            click.echo(f"{label} listening on {bound_host}:{port}")
+        for service in server.runtime.services():
+            click.echo(f"  serving {service}")
+        sys.stdout.flush()
+
+    asyncio.run(serve_until_signalled(server, ready))
+
+
+@cli.command()
+@click.argument("packages", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@server_options
+@errors_as_one_line
+def serve(packages, **options):
+    """Serve built .okra.pkg PACKAGES until SIGINT/SIGTERM."""
+    from okra_core.package import load_package
+
+    loaded = [load_package(p) for p in packages]
+    _serve(loaded, **options)
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(exists=True, path_type=pathlib.Path))
+@server_options
+@errors_as_one_line
+def dev(path: pathlib.Path, **options):
+    """Build the project at PATH and serve it locally."""
+    from okra_core.build import build_project
+    from okra_core.package import load_package
+
+    with err.status("building..."):
+        result = build_project(path)
+    err.print(f"built {result.path} in {result.seconds:.1f}s", highlight=False)
+    _serve([load_package(result.path)], **options)
+
+
+# -- call -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target", metavar="SERVICE/METHOD")
+@click.argument("body", default="{}", metavar="JSON")
+@click.option("--address", default="127.0.0.1:50051", show_default=True, help="HOST:PORT of a gRPC server.")
+@click.option("--package", type=click.Path(exists=True, dir_okay=False), help="Learn the schema from this .okra.pkg instead of server reflection.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline in seconds.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="KEY: VALUE", help="Request metadata (repeat).")
+@errors_as_one_line
+def call(target: str, body: str, address: str, package: str | None, timeout: float, headers):
+    """Call SERVICE/METHOD with a JSON request (use - to read it from stdin) and print
+    the JSON response."""
+    from okra_plugins.transport_grpc.client import call_json
+
+    if body == "-":
+        body = sys.stdin.read()
+    metadata = []
+    for header in headers:
+        key, sep, value = header.partition(":")
+        if not sep:
+            raise OkraError(f"header {header!r} must look like 'key: value'")
+        metadata.append((key.strip().lower(), value.strip()))
+    click.echo(call_json(address, target, body, package=package, timeout=timeout, metadata=metadata))
+
+
+# -- plugins --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@errors_as_one_line
+def plugins(as_json: bool):
+    """List the loaded plugins and what each provides."""
+    from okra_core.plugins import get_registry
+
+    registry = get_registry()
+    provided = registry.provided()
+    if as_json:
+        by_plugin: dict[str, dict[str, list[str]]] = {}
+        for item in provided:
+            by_plugin.setdefault(item.plugin, {}).setdefault(item.kind, []).append(item.name)
+        for name in registry.pm.list_name_plugin():
+            by_plugin.setdefault(name[0], {})
+        click.echo(json.dumps([{"name": k, "provides": v} for k, v in sorted(by_plugin.items())], indent=2))
+        return
+    table = Table("plugin", "kind", "provides")
+    for item in sorted(provided, key=lambda p: (p.plugin, p.kind, p.name)):
+        table.add_row(item.plugin, item.kind.replace("_", " ").rstrip("s"), item.name)
+    Console().print(table)
+
+
+def _load_plugin_commands() -> None:
+    from okra_core.plugins import get_registry
+
+    try:
+        get_registry().pm.hook.register_commands(cli=cli)
+    except OkraError as exc:
+        err.print(f"[yellow]warning:[/] {exc}")
+
+
+_load_plugin_commands()

@@ -1,0 +1,113 @@
+"""`okra build`: project -> descriptors -> guest module -> `.okra.pkg`.
+
+The language plugin compiles the guest; everything else (descriptors, manifest,
+packaging) is the same for every language and lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from google.protobuf import descriptor_pb2
+
+from okra_core import abi
+from okra_core.errors import BuildError
+from okra_core.language import BuildRequest
+from okra_core.manifest import Manifest, PoolConfig
+from okra_core.package import load_package, write_package
+from okra_core.plugins import Registry, get_registry
+from okra_core.project import Project, load_project
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    project: Project
+    path: pathlib.Path
+    services: tuple[str, ...]
+    seconds: float
+
+
+def well_known_protos() -> pathlib.Path | None:
+    """The include directory of google/protobuf/*.proto shipped with grpcio-tools."""
+    spec = importlib.util.find_spec("grpc_tools")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "_proto"
+    return path if path.is_dir() else None
+
+
+def compile_descriptors(proto_root: pathlib.Path, files: tuple[str, ...]) -> bytes:
+    """A FileDescriptorSet of `files` with all their imports (protoc from grpcio-tools)."""
+    if importlib.util.find_spec("grpc_tools") is None:
+        raise BuildError("protoc is missing: install grpcio-tools (pip install grpcio-tools)")
+    with tempfile.TemporaryDirectory(prefix="okra-protoc-") as tmp:
+        out = pathlib.Path(tmp) / "set.pb"
+        command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_root}"]
+        wkt = well_known_protos()
+        if wkt is not None:
+            command.append(f"-I{wkt}")
+        command += [f"--descriptor_set_out={out}", "--include_imports", *files]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip()
+            raise BuildError(f"protoc failed:\n{message}")
+        return out.read_bytes()
+
+
+def declared_services(descriptor_set: bytes, files: tuple[str, ...]) -> list[str]:
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    names = []
+    for file in fds.file:
+        if file.name in files:
+            prefix = f"{file.package}." if file.package else ""
+            names += [prefix + service.name for service in file.service]
+    return names
+
+
+def build_project(path: str | pathlib.Path, registry: Registry | None = None) -> BuildResult:
+    """Build the project at `path` into `dist/<name>-<version>.okra.pkg`."""
+    started = time.perf_counter()
+    registry = registry or get_registry()
+    project = load_project(path)
+    language = registry.language(project.language)
+    descriptor_set = compile_descriptors(project.proto_root, project.proto)
+    available = declared_services(descriptor_set, project.proto)
+    services = project.services if project.services is not None else tuple(available)
+    if not services:
+        raise BuildError(f"{', '.join(project.proto)} declares no service")
+    for service in services:
+        if service not in available:
+            raise BuildError(
+                f"okra.toml names service {service}, which the protos do not declare "
+                f"(declared: {', '.join(available) or 'none'})"
+            )
+    project.work_dir.mkdir(exist_ok=True)
+    request = BuildRequest(
+        project_dir=project.dir,
+        name=project.name,
+        descriptor_set=descriptor_set,
+        proto_files=project.proto,
+        services=tuple(services),
+        work_dir=project.work_dir,
+    )
+    wasm = language.build(request)
+    manifest = Manifest(
+        name=project.name,
+        version=project.version,
+        abi_version=abi.ABI_VERSION,
+        services=tuple(services),
+        host_apis={ns: dict(cfg) for ns, cfg in project.host_apis.items()},
+        pool=PoolConfig(min=project.pool_min, max=project.pool_max),
+        digests={},
+        language=project.language,
+    )
+    project.dist_dir.mkdir(exist_ok=True)
+    out = write_package(project.package_path, manifest=manifest, wasm=wasm, descriptor_set=descriptor_set)
+    load_package(out)  # what we ship must load
+    return BuildResult(project, out, tuple(services), time.perf_counter() - started)

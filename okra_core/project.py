@@ -1,0 +1,142 @@
+"""The project configuration file, `okra.toml`: what `okra build` and `okra dev` read.
+
+```toml
+[service]
+name = "greeter"
+version = "0.1.0"
+language = "go"
+proto = ["greeter/v1/greeter.proto"]   # relative to proto_root
+proto_root = "proto"
+services = ["greeter.v1.Greeter"]      # optional: default, every service in `proto`
+
+[host_apis."okra.log"]                 # one table per host API, holding its config
+
+[pool]
+min = 1
+max = 4
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from okra_core.errors import ConfigError
+
+PROJECT_FILE = "okra.toml"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    dir: pathlib.Path
+    name: str
+    version: str
+    language: str
+    proto: tuple[str, ...]
+    proto_root: pathlib.Path
+    services: tuple[str, ...] | None
+    host_apis: Mapping[str, Mapping[str, Any]]
+    pool_min: int
+    pool_max: int
+
+    @property
+    def dist_dir(self) -> pathlib.Path:
+        return self.dir / "dist"
+
+    @property
+    def work_dir(self) -> pathlib.Path:
+        return self.dir / ".okra"
+
+    @property
+    def package_path(self) -> pathlib.Path:
+        return self.dist_dir / f"{self.name}-{self.version}.okra.pkg"
+
+
+def find_project(start: str | pathlib.Path) -> pathlib.Path:
+    """The directory holding okra.toml: `start` itself or one of its parents."""
+    start = pathlib.Path(start).resolve()
+    for directory in (start, *start.parents):
+        if (directory / PROJECT_FILE).is_file():
+            return directory
+    raise ConfigError(
+        f"no {PROJECT_FILE} in {start} or its parents: run `okra init NAME` to create a project"
+    )
+
+
+def load_project(path: str | pathlib.Path) -> Project:
+    directory = find_project(path)
+    file = directory / PROJECT_FILE
+    try:
+        data = tomllib.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    where = str(file)
+
+    unknown = set(data) - {"service", "host_apis", "pool"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}")
+    service = _table(data, "service", where)
+    unknown = set(service) - {"name", "version", "language", "proto", "proto_root", "services"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [service]: {', '.join(sorted(unknown))}")
+    name = _str(service, "name", where)
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"{where}: service.name {name!r} must be lower case letters, digits, '-' or '_', "
+            "starting with a letter"
+        )
+    proto = service.get("proto")
+    if not isinstance(proto, list) or not proto or not all(isinstance(p, str) for p in proto):
+        raise ConfigError(f"{where}: service.proto must be a non-empty list of .proto paths")
+    proto_root = directory / service.get("proto_root", ".")
+    for item in proto:
+        if not (proto_root / item).is_file():
+            raise ConfigError(f"{where}: proto file {item} not found under {proto_root}")
+    services = service.get("services")
+    if services is not None and (
+        not isinstance(services, list) or not all(isinstance(s, str) for s in services)
+    ):
+        raise ConfigError(f"{where}: service.services must be a list of service names")
+
+    host_apis = data.get("host_apis", {})
+    if not isinstance(host_apis, dict) or not all(isinstance(v, dict) for v in host_apis.values()):
+        raise ConfigError(f'{where}: each host API is a table, e.g. [host_apis."okra.log"]')
+    pool = _table(data, "pool", where, required=False)
+    pool_min, pool_max = pool.get("min", 1), pool.get("max", 4)
+    if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max and pool_max >= 1):
+        raise ConfigError(f"{where}: pool needs 0 <= min <= max and max >= 1 (got {pool_min}, {pool_max})")
+
+    return Project(
+        dir=directory,
+        name=name,
+        version=_str(service, "version", where),
+        language=_str(service, "language", where),
+        proto=tuple(proto),
+        proto_root=proto_root,
+        services=tuple(services) if services is not None else None,
+        host_apis={k: dict(v) for k, v in host_apis.items()},
+        pool_min=pool_min,
+        pool_max=pool_max,
+    )
+
+
+def _table(data: Mapping[str, Any], key: str, where: str, required: bool = True) -> dict:
+    value = data.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: missing [{key}] table")
+    return value
+
+
+def _str(table: Mapping[str, Any], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: [service] needs {key} = \"...\"")
+    return value

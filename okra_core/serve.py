@@ -1,0 +1,101 @@
+"""Serving: a runtime, its packages and its transports, until told to stop.
+
+Used by `okra serve` and `okra dev`, and by anyone embedding OKRA who wants the same
+behaviour: deploy everything first (a package that fails to deploy stops the start, with
+its error), then open the transports, then report where each listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from okra_core.config import RuntimeConfig
+from okra_core.package import Package
+from okra_core.plugins import Registry, get_registry
+from okra_core.runtime import Runtime
+from okra_core.transport import Transport
+
+log = logging.getLogger("okra.serve")
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    """A transport to open: its plugin name, and where."""
+
+    transport: str
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class Server:
+    """A runtime with transports. `async with Server(...) as server:` serves until exit."""
+
+    def __init__(
+        self,
+        packages: Sequence[Package],
+        listeners: Sequence[Listener],
+        *,
+        config: RuntimeConfig | None = None,
+        registry: Registry | None = None,
+        grace: float = 10.0,
+    ):
+        self.registry = registry or get_registry()
+        self.runtime = Runtime(config, self.registry)
+        self.packages = list(packages)
+        self.listeners = list(listeners)
+        self.grace = grace
+        self.transports: list[Transport] = []
+        #: (transport name, host, port) actually bound, in the order of `listeners`.
+        self.addresses: list[tuple[str, str, int]] = []
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        try:
+            for package in self.packages:
+                await self.runtime.deploy(package)
+            for listener in self.listeners:
+                transport = self.registry.transport(listener.transport)
+                host, port = await transport.start(self.runtime, listener.host, listener.port)
+                self.transports.append(transport)
+                self.addresses.append((listener.transport, host, port))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop accepting calls, drain in-flight ones (up to `grace`), release all."""
+        transports, self.transports = self.transports, []
+        await asyncio.gather(
+            *(t.stop(self.grace) for t in transports), return_exceptions=True
+        )
+        await self.runtime.close(self.grace)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve_until_signalled(
+    server: Server, on_ready: Callable[[Server], Awaitable[None] | None] | None = None
+) -> None:
+    """Start `server`, call `on_ready`, serve until SIGINT or SIGTERM, stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with server:
+        if on_ready is not None:
+            result = on_ready(server)
+            if asyncio.iscoroutine(result):
+                await result
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls (up to %.0fs)", server.grace)
