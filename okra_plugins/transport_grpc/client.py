@@ -1,0 +1,267 @@
+"""A JSON client for any gRPC server that OKRA serves (the engine of `okra call`).
+
+It learns the method's message types from the server itself (server reflection, v1 then
+v1alpha) or from a package file, so calling a service needs no generated code:
+
+    call_json("127.0.0.1:50051", "greeter.v1.Greeter/SayHello", '{"name": "Ada"}')
+
+JSON follows the proto3 JSON mapping. The request accepts both the JSON names
+(``userId``) and the proto field names (``user_id``). The response is printed with the
+JSON names and with every field, including fields at their default value (``"count": 0``,
+``"items": []``): an empty object for a response that does carry a zero is more confusing
+than a few extra lines. Fields with explicit presence (``optional``, messages, oneofs)
+appear only when set, so "unset" stays distinguishable from "zero" where the schema
+makes the distinction.
+
+Every failure raises `okra_core.status.RpcError`: the server's own code and message, or
+a code chosen here for what went wrong before the call (INVALID_ARGUMENT for bad JSON or
+a bad target, UNIMPLEMENTED for an unknown service or method, UNAVAILABLE when nothing
+listens at the address).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
+from grpc_reflection.v1alpha import reflection_pb2
+
+from okra_core.status import RpcError, StatusCode
+
+from ._status import FROM_GRPC
+
+__all__ = ["call_json", "parse_target", "list_services"]
+
+_REFLECTION_PATHS = (
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+def call_json(
+    address: str,
+    target: str,
+    json_text: str,
+    *,
+    package: str | None = None,
+    timeout: float = 30.0,
+    metadata: Iterable[tuple[str, str]] = (),
+) -> str:
+    """Call the unary method `target` ("pkg.Service/Method") at `address` ("host:port")
+    with the request `json_text`; return the response as JSON text (indent 2).
+
+    The schema comes from `package` (a path to an .okra.pkg) when given, else from the
+    server's reflection service.
+    """
+    service, method = parse_target(target)
+    address = _plain_address(address)
+    with grpc.insecure_channel(address) as channel:
+        if package is not None:
+            input_class, output_class = _classes_from_package(package, service, method)
+        else:
+            input_class, output_class = _classes_from_reflection(channel, address, service, method, timeout)
+        request = _parse_request(json_text, input_class)
+        call = channel.unary_unary(f"/{service}/{method}")
+        try:
+            response = call(request.SerializeToString(), timeout=timeout, metadata=tuple(metadata))
+        except grpc.RpcError as error:
+            raise _rpc_error(error, address) from None
+    try:
+        message = output_class.FromString(response)
+    except Exception as exc:  # DecodeError, or a schema that does not match the server
+        raise RpcError(
+            StatusCode.INTERNAL,
+            f"the response of {service}/{method} does not parse as {output_class.DESCRIPTOR.full_name}: {exc}",
+        ) from None
+    return json_format.MessageToJson(
+        message,
+        indent=2,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=True,
+    )
+
+
+def list_services(address: str, *, timeout: float = 10.0) -> list[str]:
+    """The services the server at `address` lists through reflection."""
+    address = _plain_address(address)
+    with grpc.insecure_channel(address) as channel:
+        response = _reflect(channel, address, reflection_pb2.ServerReflectionRequest(list_services=""), timeout)
+    return sorted(s.name for s in response.list_services_response.service)
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """("pkg.Service", "Method") from "pkg.Service/Method" or "/pkg.Service/Method"."""
+    service, slash, method = target.strip().lstrip("/").partition("/")
+    if not slash or not service or not method or "/" in method:
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT,
+            f"target {target!r} is not of the form package.Service/Method "
+            "(e.g. greeter.v1.Greeter/SayHello)",
+        )
+    return service, method
+
+
+def _plain_address(address: str) -> str:
+    for scheme in ("http://", "grpc://", "dns:///"):
+        if address.startswith(scheme):
+            address = address[len(scheme) :]
+    if address.startswith("https://"):
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"{address}: TLS is not supported by this client; use host:port")
+    return address.rstrip("/")
+
+
+def _parse_request(json_text: str, input_class: type[Message]) -> Message:
+    request = input_class()
+    try:
+        json_format.Parse(json_text or "{}", request)
+    except json_format.ParseError as exc:
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT,
+            f"request JSON does not fit {input_class.DESCRIPTOR.full_name}: {exc}",
+        ) from None
+    return request
+
+
+def _classes_from_package(path: str, service: str, method: str) -> tuple[type[Message], type[Message]]:
+    from okra_core.errors import PackageError
+    from okra_core.package import load_package
+
+    try:
+        schema = load_package(path).schema(service)
+    except PackageError as exc:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"{path}: {exc}") from None
+    found = schema.methods.get(method)
+    if found is None:
+        raise RpcError(
+            StatusCode.UNIMPLEMENTED,
+            f"service {service} in {path} has no method {method!r} "
+            f"(methods: {', '.join(sorted(schema.methods)) or 'none'})",
+        )
+    _refuse_streaming(service, method, found.client_streaming, found.server_streaming)
+    return found.input_class, found.output_class
+
+
+def _classes_from_reflection(
+    channel: grpc.Channel, address: str, service: str, method: str, timeout: float
+) -> tuple[type[Message], type[Message]]:
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+    response = _reflect(channel, address, request, timeout)
+    if response.HasField("error_response"):
+        served = list_services(address, timeout=timeout)
+        raise RpcError(
+            StatusCode.UNIMPLEMENTED,
+            f"{address} does not serve {service} (it serves: {', '.join(served) or 'nothing'})",
+        )
+    files = {}
+    for raw in response.file_descriptor_response.file_descriptor_proto:
+        file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        files[file.name] = file
+    _fetch_missing(channel, address, files, timeout)
+    pool = descriptor_pool.DescriptorPool()
+    for file in _dependencies_first(files):
+        pool.Add(file)
+    try:
+        descriptor = pool.FindServiceByName(service)
+    except KeyError:
+        raise RpcError(
+            StatusCode.UNIMPLEMENTED, f"{address} reflection does not describe service {service}"
+        ) from None
+    found = descriptor.methods_by_name.get(method)
+    if found is None:
+        raise RpcError(
+            StatusCode.UNIMPLEMENTED,
+            f"service {service} has no method {method!r} "
+            f"(methods: {', '.join(sorted(descriptor.methods_by_name)) or 'none'})",
+        )
+    _refuse_streaming(service, method, found.client_streaming, found.server_streaming)
+    return (
+        message_factory.GetMessageClass(found.input_type),
+        message_factory.GetMessageClass(found.output_type),
+    )
+
+
+def _refuse_streaming(service: str, method: str, client_streaming: bool, server_streaming: bool) -> None:
+    if client_streaming or server_streaming:
+        raise RpcError(
+            StatusCode.UNIMPLEMENTED,
+            f"{service}/{method} is a streaming method; this client calls unary methods only",
+        )
+
+
+def _fetch_missing(channel, address: str, files: dict, timeout: float) -> None:
+    """Ask for dependencies the server did not send along (servers may send each file
+    once per stream, or only the file asked for)."""
+    while True:
+        missing = {dep for file in files.values() for dep in file.dependency if dep not in files}
+        if not missing:
+            return
+        for name in missing:
+            response = _reflect(
+                channel, address, reflection_pb2.ServerReflectionRequest(file_by_filename=name), timeout
+            )
+            if response.HasField("error_response"):
+                raise RpcError(
+                    StatusCode.INTERNAL,
+                    f"{address} reflection cannot supply {name}: {response.error_response.error_message}",
+                )
+            for raw in response.file_descriptor_response.file_descriptor_proto:
+                file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                files.setdefault(file.name, file)
+
+
+def _dependencies_first(files: dict[str, descriptor_pb2.FileDescriptorProto]):
+    done: set[str] = set()
+    ordered = []
+
+    def visit(name: str) -> None:
+        if name in done or name not in files:
+            return
+        done.add(name)
+        for dep in files[name].dependency:
+            visit(dep)
+        ordered.append(files[name])
+
+    for name in files:
+        visit(name)
+    return ordered
+
+
+def _reflect(channel, address: str, request, timeout: float):
+    """One reflection request: v1 first, v1alpha if the server lacks v1."""
+    last: grpc.RpcError | None = None
+    for path in _REFLECTION_PATHS:
+        stream = channel.stream_stream(
+            path,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        try:
+            for response in stream(iter((request,)), timeout=timeout):
+                return response
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise _rpc_error(error, address) from None
+            last = error
+    raise RpcError(
+        StatusCode.UNIMPLEMENTED,
+        f"{address} does not offer server reflection ({last.details() if last else 'no answer'}); "
+        "pass the service's package with --package to call it",
+    )
+
+
+def _rpc_error(error: grpc.RpcError, address: str) -> RpcError:
+    code = FROM_GRPC.get(error.code(), StatusCode.UNKNOWN)
+    details = error.details() or ""
+    if code == StatusCode.UNAVAILABLE and _is_connect_failure(details):
+        return RpcError(code, f"nothing answers at {address}: is the server running there? ({details})")
+    return RpcError(code, details)
+
+
+def _is_connect_failure(details: str) -> bool:
+    text = details.lower()
+    return any(
+        hint in text
+        for hint in ("failed to connect", "connection refused", "connect failed", "dns resolution failed", "name resolution")
+    )
