@@ -1,0 +1,418 @@
+"""The package manifest, `okra.service.json`: what a package is and what it asks for.
+
+The manifest is versioned by `"format"` so it can grow. A reader rejects format versions
+it does not know, and in format 1 it rejects unknown keys too, so a typo such as
+`"host_api"` fails loudly instead of silently granting nothing. Metadata for tools that
+OKRA does not interpret goes under `"extensions"`, which is never checked beyond being JSON.
+The full format is described in `docs/package.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from okra_core.errors import PackageError
+
+#: The manifest format this module reads and writes.
+MANIFEST_FORMAT = 1
+SUPPORTED_FORMATS = frozenset({MANIFEST_FORMAT})
+
+#: The members of an `.okra.pkg`, and the ones whose digests the manifest records.
+MANIFEST_MEMBER = "okra.service.json"
+WASM_MEMBER = "service.wasm"
+DESCRIPTORS_MEMBER = "service.pb.bin"
+DIGESTED_MEMBERS = (WASM_MEMBER, DESCRIPTORS_MEMBER)
+
+NAME_MAX = 64
+POOL_MAX = 1024
+
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+# Semantic Versioning 2.0.0 (semver.org), ASCII digits only.
+_SEMVER = re.compile(
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+    r"(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
+_VERSION_MAX = 128
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_SERVICE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
+_FUNCTION = re.compile(_IDENT)
+_NAMESPACE = re.compile(r"okra(?:\.[a-z][a-z0-9_]*)+")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+_KEYS = (
+    "format",
+    "name",
+    "version",
+    "language",
+    "abi_version",
+    "services",
+    "host_apis",
+    "pool",
+    "digests",
+    "extensions",
+)
+_REQUIRED = ("format", "name", "version", "abi_version", "services")
+_POOL_KEYS = ("min", "max")
+
+
+def sha256_digest(data: bytes) -> str:
+    """The digest of a member as the manifest records it: `sha256:<lower-case hex>`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Invalid(Exception):
+    """A manifest defect; becomes PackageError("manifest: ...")."""
+
+
+def _fail(message: str) -> PackageError:
+    return PackageError(f"manifest: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """How many instances of each service the runtime may keep: at least `min` warm
+    (0 allows scaling to zero), never more than `max`."""
+
+    min: int = 1
+    max: int = 4
+
+    def __post_init__(self) -> None:
+        try:
+            _check_pool(self.min, self.max)
+        except _Invalid as exc:
+            raise _fail(str(exc)) from None
+
+
+def _check_pool(lo: Any, hi: Any) -> None:
+    if not _is_int(lo) or lo < 0:
+        raise _Invalid(f'"pool.min" must be an integer >= 0, got {lo!r}')
+    if not _is_int(hi) or not 1 <= hi <= POOL_MAX:
+        raise _Invalid(f'"pool.max" must be an integer from 1 to {POOL_MAX}, got {hi!r}')
+    if lo > hi:
+        raise _Invalid(f'"pool.min" ({lo}) is larger than "pool.max" ({hi}): lower min or raise max')
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. Constructing one checks every field (PackageError on a
+    defect), so an invalid manifest can neither be loaded nor written.
+
+    `host_apis`, `digests` and `extensions` are copied on construction; treat them as
+    read-only.
+    """
+
+    name: str
+    version: str
+    abi_version: int
+    services: tuple[str, ...]
+    #: Host API namespace -> its configuration; `"functions": [...]` narrows the grant.
+    host_apis: dict[str, dict] = dataclasses.field(default_factory=dict)
+    pool: PoolConfig = PoolConfig()
+    #: Member name -> `sha256:<hex>`; filled in by `write_package`.
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The guest language, informational only.
+    language: str | None = None
+    format: int = MANIFEST_FORMAT
+    #: Metadata for other tools, never interpreted by OKRA (any JSON values).
+    extensions: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except _Invalid as exc:
+            raise _fail(str(exc)) from None
+
+    def _validate(self) -> None:
+        set_ = object.__setattr__
+        _check_format(self.format)
+        _check_name(self.name)
+        _check_version(self.version)
+        if not _is_int(self.abi_version) or self.abi_version < 1:
+            raise _Invalid(f'"abi_version" must be an integer >= 1, got {self.abi_version!r}')
+        set_(self, "services", _check_services(self.services))
+        set_(self, "host_apis", _check_host_apis(self.host_apis))
+        if not isinstance(self.pool, PoolConfig):
+            raise _Invalid(f'"pool" must be a PoolConfig, got {type(self.pool).__name__}')
+        set_(self, "digests", _check_digests(self.digests))
+        if self.language is not None and (
+            not isinstance(self.language, str) or not _NAME.fullmatch(self.language)
+            or len(self.language) > NAME_MAX
+        ):
+            raise _Invalid(
+                f'"language" must be a lower-case name such as "go", got {self.language!r}'
+            )
+        set_(self, "extensions", _check_extensions(self.extensions))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate `okra.service.json`. Raises PackageError."""
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _fail(f"not UTF-8 text (byte {exc.start}): write the manifest as UTF-8") from None
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except _Invalid as exc:
+            raise _fail(str(exc)) from None
+        except json.JSONDecodeError as exc:
+            raise _fail(
+                f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+        except RecursionError:
+            raise _fail("invalid JSON: nested too deeply") from None
+        try:
+            return cls._from_object(data)
+        except _Invalid as exc:
+            raise _fail(str(exc)) from None
+
+    @classmethod
+    def _from_object(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise _Invalid(f"must be a JSON object, got {_json_type(data)}")
+        if "format" in data:
+            # Checked first: a newer format may legitimately have keys we do not know.
+            _check_format(data["format"])
+        for key in data:
+            if key not in _KEYS:
+                raise _Invalid(_unknown_key(key))
+        for key in _REQUIRED:
+            if key not in data:
+                hint = ' add "format": 1' if key == "format" else f' add "{key}"'
+                raise _Invalid(f'missing "{key}":{hint}')
+        services = data["services"]
+        if not isinstance(services, list):
+            raise _Invalid(f'"services" must be a list of service names, got {_json_type(services)}')
+        pool = data.get("pool", {})
+        if not isinstance(pool, dict):
+            raise _Invalid(f'"pool" must be an object like {{"min": 1, "max": 4}}, got {_json_type(pool)}')
+        for key in pool:
+            if key not in _POOL_KEYS:
+                raise _Invalid(f'unknown key "pool.{key}": "pool" takes only "min" and "max"')
+        defaults = PoolConfig()
+        lo, hi = pool.get("min", defaults.min), pool.get("max", defaults.max)
+        _check_pool(lo, hi)
+        for key in ("host_apis", "digests", "extensions"):
+            if key in data and not isinstance(data[key], dict):
+                raise _Invalid(f'"{key}" must be an object, got {_json_type(data[key])}')
+        return cls(
+            name=data["name"],
+            version=data["version"],
+            abi_version=data["abi_version"],
+            services=tuple(services),
+            host_apis=data.get("host_apis", {}),
+            pool=PoolConfig(lo, hi),
+            digests=data.get("digests", {}),
+            language=data.get("language"),
+            format=data["format"],
+            extensions=data.get("extensions", {}),
+        )
+
+    def to_json(self) -> str:
+        """The manifest as JSON, byte-for-byte the same for equal manifests (fixed key
+        order at the top, sorted keys below), ending in a newline."""
+        out: dict[str, Any] = {"format": self.format, "name": self.name, "version": self.version}
+        if self.language is not None:
+            out["language"] = self.language
+        out["abi_version"] = self.abi_version
+        out["services"] = list(self.services)
+        out["host_apis"] = _sorted(self.host_apis)
+        out["pool"] = {"min": self.pool.min, "max": self.pool.max}
+        out["digests"] = _sorted(self.digests)
+        if self.extensions:
+            out["extensions"] = _sorted(self.extensions)
+        return json.dumps(out, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    def with_digests(self, wasm: bytes, descriptor_set: bytes) -> Manifest:
+        """A copy whose digests describe these members."""
+        return dataclasses.replace(
+            self,
+            digests={WASM_MEMBER: sha256_digest(wasm), DESCRIPTORS_MEMBER: sha256_digest(descriptor_set)},
+        )
+
+
+# -- field checks -------------------------------------------------------------------------
+
+
+def _check_format(value: Any) -> None:
+    if not _is_int(value):
+        raise _Invalid(f'"format" must be an integer (this okra writes {MANIFEST_FORMAT}), got {value!r}')
+    if value not in SUPPORTED_FORMATS:
+        supported = ", ".join(map(str, sorted(SUPPORTED_FORMATS)))
+        if value > max(SUPPORTED_FORMATS):
+            raise _Invalid(
+                f"format {value} is newer than this okra understands (it reads format "
+                f"{supported}): upgrade okra to load this package"
+            )
+        raise _Invalid(f"format {value} is not a manifest format (this okra reads format {supported})")
+
+
+def _check_name(value: Any) -> None:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > NAME_MAX:
+        raise _Invalid(
+            f'"name" must be 1 to {NAME_MAX} characters of a-z, 0-9, "-" and "_", starting '
+            f"with a letter, got {value!r}"
+        )
+
+
+def _check_version(value: Any) -> None:
+    if not isinstance(value, str):
+        raise _Invalid(f'"version" must be a string such as "1.0.0", got {value!r}')
+    if len(value) <= _VERSION_MAX and _SEMVER.fullmatch(value):
+        return
+    if value[:1] in ("v", "V") and _SEMVER.fullmatch(value[1:]):
+        raise _Invalid(f'"version" {value!r} is not a semantic version: drop the leading "v"')
+    raise _Invalid(
+        f'"version" {value!r} is not a semantic version: write MAJOR.MINOR.PATCH, e.g. "1.0.0"'
+    )
+
+
+def _check_services(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise _Invalid(f'"services" must be a list of service names, got {value!r}')
+    if not value:
+        raise _Invalid('"services" is empty: list at least one service, e.g. "greeter.v1.Greeter"')
+    seen: set[str] = set()
+    for index, service in enumerate(value):
+        if not isinstance(service, str) or not _SERVICE.fullmatch(service):
+            raise _Invalid(
+                f'"services"[{index}] must be a fully qualified protobuf service name such as '
+                f'"greeter.v1.Greeter", got {service!r}'
+            )
+        if service in seen:
+            raise _Invalid(f'"services" lists {service} twice: list each service once')
+        seen.add(service)
+    return tuple(value)
+
+
+def _check_host_apis(value: Any) -> dict[str, dict]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f'"host_apis" must be an object, got {value!r}')
+    out: dict[str, dict] = {}
+    for namespace, config in value.items():
+        where = f'"host_apis"[{namespace!r}]'
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise _Invalid(
+                f'"host_apis" key {namespace!r} is not a host API namespace: host APIs are '
+                'named "okra.<api>", e.g. "okra.log"'
+            )
+        if namespace == "okra.abi":
+            raise _Invalid('"host_apis" lists okra.abi, which every module gets: remove it')
+        if not isinstance(config, Mapping):
+            raise _Invalid(f"{where} must be an object (use {{}} for the defaults), got {config!r}")
+        for key in config:
+            if not isinstance(key, str):
+                raise _Invalid(f"{where} has a non-string key {key!r}")
+        if "functions" in config:
+            _check_functions(where, config["functions"])
+        out[namespace] = _json_copy(config, where)
+    return out
+
+
+def _check_functions(where: str, functions: Any) -> None:
+    if isinstance(functions, str) or not isinstance(functions, Sequence):
+        raise _Invalid(f'{where}["functions"] must be a list of function names, got {functions!r}')
+    if not functions:
+        raise _Invalid(
+            f'{where}["functions"] is empty: list the functions to grant, or remove the '
+            '"functions" key to grant them all'
+        )
+    seen: set[str] = set()
+    for name in functions:
+        if not isinstance(name, str) or not _FUNCTION.fullmatch(name):
+            raise _Invalid(f'{where}["functions"] holds {name!r}, which is not a function name')
+        if name in seen:
+            raise _Invalid(f'{where}["functions"] lists {name} twice: list each function once')
+        seen.add(name)
+
+
+def _check_digests(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f'"digests" must be an object, got {value!r}')
+    for member, digest in value.items():
+        if member not in DIGESTED_MEMBERS:
+            raise _Invalid(
+                f'"digests" has an entry for {member!r}; only {" and ".join(DIGESTED_MEMBERS)} '
+                "are digested"
+            )
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise _Invalid(
+                f'"digests"[{member!r}] must be "sha256:" and 64 lower-case hex digits, got {digest!r}'
+            )
+    return dict(value)
+
+
+def _check_extensions(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f'"extensions" must be an object, got {value!r}')
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise _Invalid(f'"extensions" keys must be non-empty strings, got {key!r}')
+    return _json_copy(value, '"extensions"')
+
+
+# -- JSON helpers -------------------------------------------------------------------------
+
+
+def _json_copy(value: Mapping[str, Any], where: str) -> dict:
+    """A deep copy that is plain JSON, so the manifest cannot be changed from outside
+    and always serialises."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(f"{where} must hold only JSON values: {exc}") from None
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Invalid(f'key "{key}" appears twice in one object: keep one')
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _Invalid(f"invalid JSON: {name} is not a JSON number")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _unknown_key(key: str) -> str:
+    message = f'unknown key "{key}"'
+    close = difflib.get_close_matches(key, _KEYS, n=1)
+    if close:
+        message += f' (did you mean "{close[0]}"?)'
+    return message + '; metadata for other tools goes under "extensions"'
