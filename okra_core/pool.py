@@ -78,6 +78,7 @@ class InstancePool:
         self._drained: asyncio.Event | None = None
         self._stats = PoolStats()
         self._background: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def stats(self) -> PoolStats:
@@ -91,6 +92,7 @@ class InstancePool:
         self._idle.append(instance)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         missing = self.min_size - self._size
         if missing > 0:
             instances = await asyncio.gather(*(self._new_instance() for _ in range(missing)))
@@ -108,6 +110,7 @@ class InstancePool:
         return instance
 
     async def acquire(self, timeout: float | None) -> Instance:
+        self._loop = asyncio.get_running_loop()
         if self._closed:
             raise RpcError(StatusCode.UNAVAILABLE, f"{self.name} is shutting down")
         while True:
@@ -196,7 +199,8 @@ class InstancePool:
             elif not self._wake_one(instance):
                 self._idle.append(instance)
 
-        task = asyncio.get_running_loop().create_task(replace())
+        assert self._loop is not None
+        task = self._loop.create_task(replace())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
