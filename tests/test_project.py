@@ -1,0 +1,98 @@
+# Test plan: okra.toml (okra_core.project) and the build orchestration that does not need
+# a guest toolchain (okra_core.build: descriptors, declared services).
+# - a valid project loads with defaults (pool 1..4, services None = all).
+# - the project is found from a subdirectory (like git finds its repository).
+# - each defect gives a ConfigError naming the file and what to fix: no okra.toml,
+#   bad TOML, missing [service], bad name, missing proto file, unknown keys, bad pool.
+# - compile_descriptors includes imports (well-known types) and reports protoc errors.
+# - declared_services lists services of the project's own files only.
+# - build_project refuses a service that the protos do not declare, before compiling.
+import pytest
+from google.protobuf import descriptor_pb2
+
+from okra_core.build import build_project, compile_descriptors, declared_services
+from okra_core.errors import BuildError, ConfigError
+from okra_core.project import load_project
+
+PROTO = """
+syntax = "proto3";
+package demo.v1;
+import "google/protobuf/timestamp.proto";
+message Ping { google.protobuf.Timestamp at = 1; }
+service Demo { rpc Echo(Ping) returns (Ping); }
+"""
+
+CONFIG = """
+[service]
+name = "demo"
+version = "1.2.3"
+language = "go"
+proto = ["demo/v1/demo.proto"]
+proto_root = "proto"
+"""
+
+
+def make_project(tmp_path, config=CONFIG, proto=PROTO):
+    (tmp_path / "proto/demo/v1").mkdir(parents=True)
+    (tmp_path / "proto/demo/v1/demo.proto").write_text(proto)
+    (tmp_path / "okra.toml").write_text(config)
+    return tmp_path
+
+
+def test_valid_project_loads_with_defaults(tmp_path):
+    project = load_project(make_project(tmp_path))
+    assert (project.name, project.version, project.language) == ("demo", "1.2.3", "go")
+    assert project.proto == ("demo/v1/demo.proto",)
+    assert (project.pool_min, project.pool_max) == (1, 4)
+    assert project.services is None
+    assert project.package_path == tmp_path / "dist" / "demo-1.2.3.okra.pkg"
+
+
+def test_project_is_found_from_a_subdirectory(tmp_path):
+    make_project(tmp_path)
+    assert load_project(tmp_path / "proto" / "demo").dir == tmp_path
+
+
+def test_missing_project_file_says_how_to_create_one(tmp_path):
+    with pytest.raises(ConfigError, match="okra init"):
+        load_project(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("[service\n", "okra.toml"),
+        ("[pool]\nmin = 1\n", r"missing \[service\]"),
+        (CONFIG.replace('name = "demo"', 'name = "Demo Service"'), "must be lower case"),
+        (CONFIG.replace("demo/v1/demo.proto", "nope.proto"), "proto file nope.proto not found"),
+        (CONFIG + "colour = 1\n", r"unknown key\(s\) in \[service\]: colour"),
+        (CONFIG + "[extra]\n", r"unknown table\(s\) extra"),
+        (CONFIG + "[pool]\nmin = 5\nmax = 2\n", "0 <= min <= max"),
+        (CONFIG.replace('version = "1.2.3"', ""), "needs version"),
+        (CONFIG + '[host_apis]\n"okra.log" = 3\n', "each host API is a table"),
+    ],
+)
+def test_each_config_defect_is_a_clear_error(tmp_path, config, message):
+    make_project(tmp_path, config)
+    with pytest.raises(ConfigError, match=message):
+        load_project(tmp_path)
+
+
+def test_descriptors_include_imports_and_list_own_services(tmp_path):
+    project = load_project(make_project(tmp_path))
+    data = compile_descriptors(project.proto_root, project.proto)
+    names = [f.name for f in descriptor_pb2.FileDescriptorSet.FromString(data).file]
+    assert names == ["google/protobuf/timestamp.proto", "demo/v1/demo.proto"]
+    assert declared_services(data, project.proto) == ["demo.v1.Demo"]
+
+
+def test_protoc_errors_are_reported(tmp_path):
+    project = load_project(make_project(tmp_path, proto="syntax = \"proto3\";\nmessage {"))
+    with pytest.raises(BuildError, match="protoc failed"):
+        compile_descriptors(project.proto_root, project.proto)
+
+
+def test_build_refuses_a_service_the_protos_do_not_declare(tmp_path):
+    make_project(tmp_path, CONFIG.replace('proto_root = "proto"', 'proto_root = "proto"\nservices = ["demo.v1.Nope"]'))
+    with pytest.raises(BuildError, match=r"names service demo.v1.Nope.*declared: demo.v1.Demo"):
+        build_project(tmp_path)
