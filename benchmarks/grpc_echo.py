@@ -1,0 +1,200 @@
+"""Unary calls per second through OKRA's gRPC transport vs a plain grpc.aio echo server.
+
+Both servers run side by side in this process, on one event loop: the OKRA transport over
+a trivial runtime whose `invoke` returns the request (so only the transport is measured:
+dynamic routing, metadata filtering, deadline, status mapping), and a plain grpc.aio
+server whose generic handler returns the request bytes. Load comes from another process
+(so client and server each get a core): a grpcio asyncio client with N calls in flight,
+and h2load too when it is installed (Debian `nghttp2-client`). Rounds alternate between
+the two servers so drift hits both alike.
+
+    python benchmarks/grpc_echo.py [--seconds 3] [--concurrency 16] [--rounds 2] [--size 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc  # noqa: E402
+from google.protobuf import descriptor_pb2  # noqa: E402
+
+from okra_core.descriptors import load_descriptor_set, service_schema  # noqa: E402
+from okra_plugins.transport_grpc._transport import GrpcTransport  # noqa: E402
+
+SERVICE = "bench.v1.Echo"
+PATH = f"/{SERVICE}/Echo"
+
+
+def descriptor_set() -> bytes:
+    """bench/v1/echo.proto: `service Echo { rpc Echo(Blob) returns (Blob); }`."""
+    file = descriptor_pb2.FileDescriptorProto(name="bench/v1/echo.proto", package="bench.v1", syntax="proto3")
+    blob = file.message_type.add(name="Blob")
+    blob.field.add(name="data", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+                   label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="data")
+    service = file.service.add(name="Echo")
+    service.method.add(name="Echo", input_type=".bench.v1.Blob", output_type=".bench.v1.Blob")
+    return descriptor_pb2.FileDescriptorSet(file=[file]).SerializeToString()
+
+
+class EchoRuntime:
+    """The smallest runtime a transport can serve: one service, `invoke` echoes."""
+
+    def __init__(self) -> None:
+        data = descriptor_set()
+        self._schema = service_schema(load_descriptor_set(data), data, SERVICE)
+        self.calls = 0
+
+    def services(self):
+        return [SERVICE]
+
+    def schema(self, service):
+        return self._schema if service == SERVICE else None
+
+    def subscribe(self, listener):
+        pass
+
+    async def invoke(self, service, method, payload, *, metadata=(), timeout=None):
+        self.calls += 1
+        return payload
+
+
+class PlainCounter:
+    calls = 0
+
+
+async def start_plain_server() -> tuple[grpc.aio.Server, int]:
+    async def echo(request: bytes, context) -> bytes:
+        PlainCounter.calls += 1
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+# -- load (runs in a child process) ------------------------------------------------------
+
+
+def grpcio_load(port: int, seconds: float, concurrency: int, payload: bytes) -> float:
+    async def run() -> float:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(PATH)
+            assert await call(payload) == payload, "echo returned something else"
+            stop_warmup = time.perf_counter() + min(0.5, seconds / 4)
+            while time.perf_counter() < stop_warmup:
+                await call(payload)
+            done = 0
+            end = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < end:
+                    await call(payload)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return done / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+def _child(queue, port, seconds, concurrency, payload) -> None:
+    queue.put(grpcio_load(port, seconds, concurrency, payload))
+
+
+async def grpcio_rate(port: int, seconds: float, concurrency: int, payload: bytes) -> float:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, port, seconds, concurrency, payload))
+    process.start()
+    try:
+        return await asyncio.to_thread(queue.get, True, seconds + 60)
+    finally:
+        await asyncio.to_thread(process.join, 10)
+
+
+async def h2load_rate(h2load: str, port: int, seconds: float, concurrency: int, body_file: str) -> float:
+    process = await asyncio.create_subprocess_exec(
+        h2load, "-c", "1", "-m", str(concurrency), "-D", str(max(1, round(seconds))), "--warm-up-time", "1",
+        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", body_file,
+        f"http://127.0.0.1:{port}{PATH}",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    text = out.decode()
+    for line in text.splitlines():
+        if line.startswith("finished in"):  # "finished in 3.00s, 12345.67 req/s, ..."
+            return float(line.split(",")[1].split()[0])
+    raise RuntimeError(f"h2load gave no rate:\n{text}\n{err.decode()}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
+    parser.add_argument("--size", type=int, default=100, help="request message bytes")
+    parser.add_argument("--no-h2load", action="store_true")
+    args = parser.parse_args()
+
+    runtime = EchoRuntime()
+    blob = runtime.schema(SERVICE).methods["Echo"].input_class
+    payload = blob(data=b"x" * max(args.size - 3, 0)).SerializeToString()
+    okra = GrpcTransport()
+    _, okra_port = await okra.start(runtime, "127.0.0.1", 0)
+    plain, plain_port = await start_plain_server()
+    targets = {"plain grpc.aio": plain_port, "okra transport": okra_port}
+    results: dict[str, dict[str, list[float]]] = {"grpcio": {t: [] for t in targets}}
+
+    counters = {"plain grpc.aio": lambda: PlainCounter.calls, "okra transport": lambda: runtime.calls}
+    h2load = None if args.no_h2load else shutil.which("h2load")
+    body = tempfile.NamedTemporaryFile(suffix=".grpc", delete=False)
+    body.write(struct.pack(">BI", 0, len(payload)) + payload)
+    body.close()
+    if h2load:
+        results["h2load"] = {t: [] for t in targets}
+    try:
+        for _ in range(args.rounds):
+            for name, port in targets.items():
+                results["grpcio"][name].append(await grpcio_rate(port, args.seconds, args.concurrency, payload))
+                if h2load:
+                    # h2load sees HTTP 200 even for a failed gRPC call: check the
+                    # server really answered (at least the calls h2load counted).
+                    before = counters[name]()
+                    rate = await h2load_rate(h2load, port, args.seconds, args.concurrency, body.name)
+                    served = counters[name]() - before
+                    if served < rate * max(1, round(args.seconds)) * 0.9:
+                        raise RuntimeError(f"{name}: h2load reports {rate:.0f}/s but the server handled {served} calls")
+                    results["h2load"][name].append(rate)
+    finally:
+        Path(body.name).unlink()
+        await okra.stop(0)
+        await plain.stop(0)
+
+    print(f"unary echo, {len(payload)}-byte request, {args.concurrency} in flight, "
+          f"{args.rounds} x {args.seconds:g} s per server (median calls/s)")
+    for client, by_target in results.items():
+        plain_rate = statistics.median(by_target["plain grpc.aio"])
+        okra_rate = statistics.median(by_target["okra transport"])
+        print(f"  {client:7s} plain grpc.aio {plain_rate:9.0f}/s   okra transport {okra_rate:9.0f}/s   "
+              f"ratio {okra_rate / plain_rate:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
