@@ -172,7 +172,7 @@ def parse_input(method: MethodSchema, payload: bytes) -> None:
     parse itself: this runs on every request.
     """
     try:
-        method.input_class().ParseFromString(payload)
+        method.input_class.FromString(payload)
     except DecodeError as exc:
         raise ValueError(_reason(exc)) from None
 

@@ -28,7 +28,6 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from okra_core.descriptors import (
     ServiceSchema,
     load_descriptor_set,
-    parse_descriptor_set,
     service_names,
     service_schema,
 )
@@ -111,15 +110,16 @@ class Package:
             set_(self, "path", pathlib.Path(self.path))
         _check_digests(self.manifest, {WASM_MEMBER: self.wasm, DESCRIPTORS_MEMBER: self.descriptor_set})
         check_wasm_header(self.wasm)
-        fds = parse_descriptor_set(self.descriptor_set, source=DESCRIPTORS_MEMBER)
-        known = service_names(fds)
+        pool = load_descriptor_set(self.descriptor_set, source=DESCRIPTORS_MEMBER)
         for service in self.manifest.services:
-            if service not in known:
+            try:
+                pool.FindServiceByName(service)
+            except KeyError:
+                known = ", ".join(service_names(self.descriptor_set)) or "no services"
                 raise PackageError(
                     f"the manifest lists service {service}, but {DESCRIPTORS_MEMBER} does not "
-                    f"define it (it defines: {', '.join(known) or 'no services'})"
-                )
-        pool = load_descriptor_set(self.descriptor_set, source=DESCRIPTORS_MEMBER)
+                    f"define it (it defines: {known})"
+                ) from None
         schemas = {
             service: service_schema(pool, self.descriptor_set, service)
             for service in self.manifest.services
@@ -226,7 +226,9 @@ def load_package(
     Raises PackageError, whose message starts with the path when loading a file.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load(bytes(source), None, limits)
+        data = bytes(source)
+        _check_archive_size(len(data), limits)
+        return _load(data, None, limits)
     path = pathlib.Path(source)
     try:
         data = _read_file(path, limits)
@@ -245,19 +247,24 @@ def _read_file(path: pathlib.Path, limits: Limits) -> bytes:
         raise PackageError("is a directory, not a package") from None
     except OSError as exc:
         raise PackageError(f"cannot read the file: {exc.strerror or exc}") from None
-    if len(data) > limits.archive:
-        raise PackageError(
-            f"the file is larger than {_size(limits.archive)}, the most a package may be"
-        )
+    _check_archive_size(len(data), limits)
     return data
+
+
+def _check_archive_size(size: int, limits: Limits) -> None:
+    if size > limits.archive:
+        raise PackageError(
+            f"the package is larger than {_size(limits.archive)}, the most a package may be"
+        )
 
 
 def _load(data: bytes, path: pathlib.Path | None, limits: Limits) -> Package:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except Exception as exc:  # zipfile raises many types on hostile input
+        detail = "" if str(exc) in ("", "File is not a zip file") else f" ({exc})"
         raise PackageError(
-            f"not an OKRA package: not a zip archive, or a truncated one ({exc})"
+            f"not an OKRA package: not a zip archive, or a truncated one{detail}"
         ) from None
     with archive:
         infos = _check_entries(archive.infolist())
