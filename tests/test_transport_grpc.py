@@ -53,6 +53,8 @@ import okra_plugins.transport_grpc as transport_plugin
 from okra_core import hookspecs
 from okra_core.descriptors import load_descriptor_set, service_schema
 from okra_core.errors import ConfigError
+from okra_core.manifest import Manifest, PoolConfig
+from okra_core.package import write_package
 from okra_core.plugins import Registry
 from okra_core.status import RpcError, StatusCode
 from okra_core.transport import Transport
@@ -686,6 +688,39 @@ def test_call_json_says_nothing_listens_at_a_closed_port():
         call_json(f"127.0.0.1:{port}", f"{ECHO}/Say", "{}", timeout=5)
     assert info.value.code == StatusCode.UNAVAILABLE
     assert f"nothing answers at 127.0.0.1:{port}" in info.value.message
+
+
+def echo_package(tmp_path, echo_set) -> str:
+    manifest = Manifest(name="echo", version="1.0.0", abi_version=1, services=(ECHO,), host_apis={},
+                        pool=PoolConfig(), digests={}, language=None)
+    return str(write_package(tmp_path / "echo.okra.pkg", manifest=manifest, wasm=b"\0asm\x01\0\0\0",
+                             descriptor_set=echo_set))
+
+
+async def test_call_json_learns_the_schema_from_a_package_without_reflection(echo_set, tmp_path):
+    s = await serve(echo_set, reflection=False)
+    s.deploy_echo()
+    try:
+        with pytest.raises(RpcError, match="--package") as info:
+            await asyncio.to_thread(call_json, s.address, f"{ECHO}/Say", "{}")
+        assert info.value.code == StatusCode.UNIMPLEMENTED
+        text = await asyncio.to_thread(
+            call_json, s.address, f"{ECHO}/Say", '{"text": "pkg"}', package=echo_package(tmp_path, echo_set)
+        )
+        assert json.loads(text)["text"] == "pkg"
+    finally:
+        await s.channel.close()
+        await s.transport.stop(0)
+
+
+async def test_call_json_with_a_package_names_unknown_services_and_methods(served, echo_set, tmp_path):
+    package = echo_package(tmp_path, echo_set)
+    with pytest.raises(RpcError, match="nope.v1.Nope") as info:
+        await asyncio.to_thread(call_json, served.address, "nope.v1.Nope/Say", "{}", package=package)
+    assert info.value.code == StatusCode.INVALID_ARGUMENT
+    with pytest.raises(RpcError, match="Shout.*Say") as info:
+        await asyncio.to_thread(call_json, served.address, f"{ECHO}/Shout", "{}", package=package)
+    assert info.value.code == StatusCode.UNIMPLEMENTED
 
 
 async def test_list_services_follows_the_runtime(served):
