@@ -1,0 +1,109 @@
+"""Raw handles on the wasmtime C API that wasmtime-py loads, for the request path.
+
+wasmtime-py's convenience layer (`Func.__call__`, `Memory.read`) costs tens of
+microseconds per call; the C functions underneath cost well under one. This module opens
+its own handle on the same shared library, so it can declare lean prototypes (no
+argument conversion, integer results) without touching the function objects wasmtime-py
+uses itself.
+
+Functions without `argtypes` take ctypes objects for every pointer argument: a bare
+Python int is passed as a C int and would be truncated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import wasmtime
+from wasmtime import _bindings
+
+_lib = ctypes.CDLL(_bindings.dll._name)
+
+
+def _lean(name: str, restype=ctypes.c_void_p):
+    fn = getattr(_lib, name)
+    fn.restype = restype
+    return fn
+
+
+#: (context*, func*, wasmtime_val_raw_t* args_and_results, size_t n, wasm_trap_t** trap)
+#: -> wasmtime_error_t* (None on success)
+func_call_unchecked = _lean("wasmtime_func_call_unchecked")
+#: (context*, memory*) -> uint8_t* base
+memory_data = _lean("wasmtime_memory_data")
+#: (context*, memory*) -> size_t bytes
+memory_data_size = _lean("wasmtime_memory_data_size", ctypes.c_size_t)
+
+#: The raw host-function callback: (env, caller*, args_and_results*, n) -> wasm_trap_t*.
+#: Arguments and results share one array of 16-byte `wasmtime_val_raw_t` slots, seen
+#: here as int64 words: slot i is word 2*i.
+HostCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t
+)
+
+_define_func_unchecked = ctypes.CFUNCTYPE(
+    ctypes.c_void_p,  # wasmtime_error_t*
+    ctypes.c_void_p,  # linker
+    ctypes.c_char_p,
+    ctypes.c_size_t,  # module name
+    ctypes.c_char_p,
+    ctypes.c_size_t,  # field name
+    ctypes.c_void_p,  # wasm_functype_t*
+    HostCallback,
+    ctypes.c_void_p,  # env
+    ctypes.c_void_p,  # finalizer
+)(ctypes.cast(_lib.wasmtime_linker_define_func_unchecked, ctypes.c_void_p).value)
+
+_trap_new = _lean("wasmtime_trap_new")
+_trap_new.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+
+def address(obj) -> int:
+    """The address of a ctypes pointer or structure, as an int."""
+    if isinstance(obj, ctypes._Pointer):
+        return ctypes.cast(obj, ctypes.c_void_p).value or 0
+    return ctypes.addressof(obj)
+
+
+def define_host_func(
+    linker: wasmtime.Linker, module: str, name: str, functype: wasmtime.FuncType, callback
+) -> None:
+    """Define `module.name` in `linker` as a raw unchecked callback.
+
+    The caller keeps `callback` (a HostCallback) alive as long as any instance made
+    through the linker lives: the C side only holds its address.
+    """
+    module_b = module.encode()
+    name_b = name.encode()
+    err = _define_func_unchecked(
+        address(linker.ptr()),
+        module_b,
+        len(module_b),
+        name_b,
+        len(name_b),
+        address(functype.ptr()),
+        callback,
+        None,
+        None,
+    )
+    if err:
+        raise error_from_address(err)
+
+
+def new_trap(message: str) -> int:
+    """A C-API trap with `message`, as the address a raw callback returns; the engine
+    takes ownership of it."""
+    data = message.encode("utf-8", "replace")
+    return _trap_new(data, len(data)) or 0
+
+
+def trap_from_address(addr: int) -> wasmtime.Trap:
+    """Take ownership of a `wasm_trap_t*` returned by a call."""
+    return wasmtime.Trap._from_ptr(ctypes.cast(addr, ctypes.POINTER(_bindings.wasm_trap_t)))
+
+
+def error_from_address(addr: int) -> wasmtime.WasmtimeError:
+    """Take ownership of a `wasmtime_error_t*` (an ExitTrap if it is a WASI exit)."""
+    return wasmtime.WasmtimeError._from_ptr(
+        ctypes.cast(addr, ctypes.POINTER(_bindings.wasmtime_error_t))
+    )

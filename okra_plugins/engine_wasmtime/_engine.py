@@ -1,0 +1,161 @@
+"""The wasmtime engine: configuration, compilation and the compiled-module cache."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import threading
+import weakref
+from typing import Any
+
+import wasmtime
+
+from okra_core.errors import ConfigError, PackageError
+from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
+from okra_plugins.engine_wasmtime._failures import one_line
+from okra_plugins.engine_wasmtime._module import WasmtimeModule
+
+log = logging.getLogger(__name__)
+
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+OPT_LEVELS = ("none", "speed", "speed_and_size")
+_DEFAULT = object()
+_WASM_MAGIC = b"\0asm"
+_COMPONENT_VERSION = b"\x0d\x00\x01\x00"
+
+
+class WasmtimeEngine:
+    """An `okra_core.engine.Engine` on wasmtime (through wasmtime-py's C bindings).
+
+    Options:
+      cache_dir: where compiled modules are cached. Default: `$OKRA_CACHE_DIR`, else
+        `$XDG_CACHE_HOME/okra/modules`, else `~/.cache/okra/modules`. `None` or
+        `False` disables the cache.
+      opt_level: Cranelift optimisation, "speed" (default), "none" or "speed_and_size".
+      epoch_interruption: compile in the checks that let a running call be interrupted
+        (default True); the basis of hard per-call deadlines.
+    """
+
+    name = "wasmtime"
+
+    def __init__(
+        self,
+        *,
+        cache_dir: Any = _DEFAULT,
+        opt_level: str = "speed",
+        epoch_interruption: bool = True,
+    ):
+        if opt_level not in OPT_LEVELS:
+            raise ConfigError(
+                f"engine option opt_level={opt_level!r} is not one of {', '.join(OPT_LEVELS)}"
+            )
+        if not isinstance(epoch_interruption, bool):
+            raise ConfigError(
+                f"engine option epoch_interruption={epoch_interruption!r} must be true or false"
+            )
+        self.epoch_interruption = epoch_interruption
+        #: Everything that shapes the compiled code; part of every cache key.
+        self.settings = {
+            "epoch_interruption": "true" if epoch_interruption else "false",
+            "opt_level": opt_level,
+        }
+        config = wasmtime.Config()
+        config.epoch_interruption = epoch_interruption
+        config.cranelift_opt_level = opt_level
+        self.wasmtime_engine = wasmtime.Engine(config)
+
+        if cache_dir is _DEFAULT:
+            cache_dir = default_cache_dir()
+        elif cache_dir is False or cache_dir is None or cache_dir == "":
+            cache_dir = None
+        elif not isinstance(cache_dir, (str, os.PathLike)):
+            raise ConfigError(
+                f"engine option cache_dir={cache_dir!r} must be a directory path, or null "
+                "to disable the compiled-module cache"
+            )
+        self.cache = ModuleCache(cache_dir, self.config_key()) if cache_dir is not None else None
+        self._loaded: weakref.WeakValueDictionary[str, WasmtimeModule] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def config_key(self) -> str:
+        """A short hash of the wasmtime version, the settings and the machine."""
+        identity = {
+            "wasmtime": WASMTIME_VERSION,
+            "machine": platform.machine(),
+            "settings": self.settings,
+        }
+        blob = json.dumps(identity, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "version": WASMTIME_VERSION,
+            **self.settings,
+            "cache_dir": str(self.cache.directory) if self.cache else "disabled",
+        }
+
+    def compile(self, wasm: bytes) -> WasmtimeModule:
+        wasm = bytes(wasm)
+        digest = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            module = self._loaded.get(digest)
+        if module is not None:
+            return module
+        module = self._load_cached(digest)
+        if module is None:
+            compiled = self._compile(wasm)
+            if self.cache is not None:
+                self.cache.store(digest, compiled.serialize())
+            module = WasmtimeModule(self, compiled, digest, from_cache=False)
+        with self._lock:
+            return self._loaded.setdefault(digest, module)
+
+    def _load_cached(self, digest: str) -> WasmtimeModule | None:
+        if self.cache is None:
+            return None
+        payload = self.cache.load(digest)
+        if payload is None:
+            return None
+        try:
+            compiled = wasmtime.Module.deserialize(self.wasmtime_engine, payload)
+        except wasmtime.WasmtimeError as exc:
+            log.warning(
+                "compiled-module cache entry %s does not load (%s); recompiling",
+                self.cache.path(digest),
+                one_line(str(exc)),
+            )
+            self.cache.discard(digest)
+            return None
+        return WasmtimeModule(self, compiled, digest, from_cache=True)
+
+    def _compile(self, wasm: bytes) -> wasmtime.Module:
+        prefix = "service.wasm is not a valid WebAssembly module"
+        if not wasm.startswith(_WASM_MAGIC):
+            raise PackageError(
+                f"{prefix}: it does not start with the \\0asm magic bytes (is it a "
+                "WebAssembly binary?)"
+            )
+        if wasm[4:8] == _COMPONENT_VERSION:
+            raise PackageError(
+                "service.wasm is a WebAssembly component, but OKRA runs core modules: "
+                "build a wasm32 core module (e.g. GOOS=wasip1 GOARCH=wasm)"
+            )
+        try:
+            return wasmtime.Module(self.wasmtime_engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise PackageError(f"{prefix}: {one_line(str(exc))}") from None
+
+
+def create_engine(**options: Any) -> WasmtimeEngine:
+    """The factory registered as engine "wasmtime"; unknown options are a ConfigError."""
+    known = ("cache_dir", "opt_level", "epoch_interruption")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown option {', '.join(unknown)} for engine wasmtime (it takes: {', '.join(known)})"
+        )
+    return WasmtimeEngine(**options)

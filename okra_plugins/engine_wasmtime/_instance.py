@@ -1,0 +1,216 @@
+"""One instance and the ABI's memory protocol, on the C API's fast path.
+
+A request costs one call into the guest: the envelope is copied into the buffer the
+guest exposed (`okra_buffer`, called again only when a request does not fit), then
+`okra_handle(ptr, len)` runs and the response is copied out. Everything a call needs
+(function handles, the argument array, the trap slot, a view of memory) is prepared
+once, so the request path allocates nothing but the response bytes.
+
+Each instance owns its Store, so instances are independent and can run in parallel
+threads (ctypes releases the GIL while wasm runs); one instance runs one call at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import wasmtime
+
+from okra_core.engine import GuestFault, GuestTrap
+from okra_plugins.engine_wasmtime import _capi
+from okra_plugins.engine_wasmtime._failures import one_line
+from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
+
+_func_call = _capi.func_call_unchecked
+_memory_data = _capi.memory_data
+_memory_data_size = _capi.memory_data_size
+_U32 = 0xFFFFFFFF
+#: The length of the argument/result array (two slots), passed with every call: it must
+#: cover the function's parameters and its results.
+_SLOTS = ctypes.c_size_t(2)
+_EMPTY = memoryview(bytearray())
+
+
+class WasmtimeInstance:
+    """An `okra_core.engine.Instance` on wasmtime."""
+
+    __slots__ = (
+        "_store",
+        "_funcs",
+        "_memory_export",
+        "_callbacks",
+        "_memory",
+        "_ctx",
+        "_mem",
+        "_handle_fn",
+        "_buffer_fn",
+        "_version_fn",
+        "_words",
+        "_args",
+        "_trap",
+        "_trap_slot",
+        "_base",
+        "_size",
+        "_view",
+        "_buf",
+        "_cap",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        store: wasmtime.Store,
+        exports: dict[str, wasmtime.Func],
+        memory: wasmtime.Memory,
+        guest_memory: WasmtimeMemory,
+        callbacks: list,
+    ):
+        self._store = store
+        # The Func and Memory objects own the C structs whose addresses we pass below.
+        self._funcs = exports
+        self._memory_export = memory
+        self._callbacks = callbacks  # the C side only holds their addresses
+        self._memory = guest_memory
+        self._ctx = ctypes.c_void_p(_capi.address(store._context()))
+        self._mem = ctypes.c_void_p(ctypes.addressof(memory._memory))
+        self._handle_fn = _func_ref(exports, "okra_handle")
+        self._buffer_fn = _func_ref(exports, "okra_buffer")
+        self._version_fn = _func_ref(exports, "okra_abi_version")
+        # Two 16-byte wasmtime_val_raw_t slots seen as uint64 words: slot i is word 2*i.
+        self._words = (ctypes.c_uint64 * 4)()
+        self._args = ctypes.c_void_p(ctypes.addressof(self._words))
+        self._trap = ctypes.c_void_p()
+        self._trap_slot = ctypes.c_void_p(ctypes.addressof(self._trap))
+        self._base = -1
+        self._size = -1
+        self._view = _EMPTY
+        self._buf = 0
+        # -1 while unusable, so the hot path's "does it fit" test routes every request to
+        # `_reserve`, which says why.
+        self._cap = -1
+        self._state = "starting"
+        guest_memory.bind(self._ctx, self._mem)
+
+    # -- the request path -------------------------------------------------------------
+
+    def handle(self, request: bytes) -> bytes:
+        n = len(request)
+        if n > self._cap:
+            self._reserve(n)
+        buf = self._buf
+        self._view[buf : buf + n] = request
+        words = self._words
+        words[0] = buf
+        words[2] = n
+        ctx = self._ctx
+        err = _func_call(ctx, self._handle_fn, self._args, _SLOTS, self._trap_slot)
+        if err is not None or self._trap.value:
+            self._raise_failure("okra_handle", err)
+        result = words[0]
+        base = _memory_data(ctx, self._mem)
+        size = _memory_data_size(ctx, self._mem)
+        if base != self._base or size != self._size:
+            self._remap(base, size)
+        ptr = result >> 32
+        end = ptr + (result & _U32)
+        if end > size:
+            self._state = "faulted"
+            self._cap = -1
+            raise GuestFault(
+                f"okra_handle returned a response at {ptr}..{end}, outside the guest's "
+                f"{size}-byte memory"
+            )
+        return self._view[ptr:end].tobytes()
+
+    def abi_version(self) -> int:
+        self._check_usable("okra_abi_version")
+        self._call(self._version_fn, "okra_abi_version")
+        value = self._words[0] & _U32
+        return value - (1 << 32) if value >= 1 << 31 else value
+
+    def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._cap = -1
+        self._view = _EMPTY
+        self._memory.unbind()
+        self._store.close()
+        self._funcs = {}
+        self._memory_export = None
+        self._callbacks = []
+
+    # -- set-up and slow paths --------------------------------------------------------
+
+    def start(self, initial_buffer: int) -> None:
+        """Run `_initialize` if the guest has it, then ask for the first request buffer."""
+        init = self._funcs.get("_initialize")
+        if init is not None:
+            self._call(_func_ref(self._funcs, "_initialize"), "_initialize")
+        self._state = "ready"
+        self._reserve(initial_buffer)
+
+    def _reserve(self, size: int) -> None:
+        """Make the request buffer hold `size` bytes (one `okra_buffer` call)."""
+        self._check_usable("okra_handle")
+        self._words[0] = size
+        self._call(self._buffer_fn, "okra_buffer")
+        ptr = self._words[0] & _U32
+        self._remap(_memory_data(self._ctx, self._mem), _memory_data_size(self._ctx, self._mem))
+        if ptr == 0:
+            self._fault(f"okra_buffer({size}) returned 0: the guest could not allocate the request buffer")
+        if ptr + size > self._size:
+            self._fault(
+                f"okra_buffer({size}) returned a buffer at {ptr}..{ptr + size}, outside the "
+                f"guest's {self._size}-byte memory"
+            )
+        self._buf = ptr
+        self._cap = size
+
+    def _check_usable(self, what: str) -> None:
+        state = self._state
+        if state == "closed":
+            raise GuestFault(f"cannot call {what}: the instance is closed")
+        if state in ("trapped", "faulted"):
+            raise GuestFault(f"cannot call {what}: the instance {state} earlier and must be discarded")
+
+    def _call(self, func: ctypes.c_void_p, what: str) -> None:
+        err = _func_call(self._ctx, func, self._args, _SLOTS, self._trap_slot)
+        if err is not None or self._trap.value:
+            self._raise_failure(what, err)
+
+    def _remap(self, base: int | None, size: int) -> None:
+        self._base = base
+        self._size = size
+        if not base or not size:
+            self._view = _EMPTY
+        else:
+            self._view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")
+
+    def _fault(self, message: str):
+        self._state = "faulted"
+        self._cap = -1
+        raise GuestFault(message)
+
+    def _raise_failure(self, what: str, err: int | None):
+        """Raise GuestTrap for the trap or error the last call left (as its return value
+        or in the trap slot); the instance is unusable from now on."""
+        self._state = "trapped"
+        self._cap = -1
+        trap_addr = self._trap.value
+        self._trap.value = None
+        if trap_addr:
+            if err:
+                _capi.error_from_address(err)  # owned: freed when collected
+            message = one_line(_capi.trap_from_address(trap_addr).message)
+        else:
+            error = _capi.error_from_address(err)
+            if isinstance(error, wasmtime.ExitTrap):
+                message = f"the guest exited with status {error.code} (proc_exit)"
+            else:
+                message = one_line(str(error))
+        raise GuestTrap(f"{what}: {message}")
+
+
+def _func_ref(exports: dict[str, wasmtime.Func], name: str) -> ctypes.c_void_p:
+    return ctypes.c_void_p(ctypes.addressof(exports[name]._func))

@@ -1,0 +1,168 @@
+"""A compiled module, its import/export types, and how an instance of it is linked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import wasmtime
+
+from okra_core import abi
+from okra_core.engine import ExportSpec, GuestFault, GuestTrap, ImportSpec, StdioSink
+from okra_core.errors import AbiError, CapabilityError, DeployError
+from okra_core.hostapi import HostContext, HostFunction
+from okra_plugins.engine_wasmtime import _capi, _wasi
+from okra_plugins.engine_wasmtime._failures import one_line
+from okra_plugins.engine_wasmtime._hostfuncs import functype, host_callback
+from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
+from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
+
+_EPOCH_NEVER = 1 << 62
+
+
+def _canonical_valtypes() -> list[tuple[object, str]]:
+    """Value types to compare against. `wasm_valtype_kind` aborts the process on types
+    the wasm C API has no kind for (v128, typed references), so a type is named by
+    equality with these instead."""
+    ffi = wasmtime._ffi
+    v128 = wasmtime.ValType._from_ptr(ffi.wasmtime_wasm_valtype_v128(), None)
+    return [
+        (wasmtime.ValType.i32(), "i32"),
+        (wasmtime.ValType.i64(), "i64"),
+        (wasmtime.ValType.f32(), "f32"),
+        (wasmtime.ValType.f64(), "f64"),
+        (v128, "v128"),
+        (wasmtime.ValType.funcref(), "funcref"),
+        (wasmtime.ValType.externref(), "externref"),
+    ]
+
+
+_CANONICAL = _canonical_valtypes()
+
+
+def _valtype(vt: wasmtime.ValType) -> str:
+    equal = wasmtime._ffi.wasmtime_wasm_valtype_equal
+    for known, name in _CANONICAL:
+        if equal(vt.ptr(), known.ptr()):
+            return name
+    return "other"
+
+
+def _describe(ty) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    if isinstance(ty, wasmtime.FuncType):
+        return "func", tuple(map(_valtype, ty.params)), tuple(map(_valtype, ty.results))
+    if isinstance(ty, wasmtime.MemoryType):
+        return "memory", (), ()
+    if isinstance(ty, wasmtime.TableType):
+        return "table", (), ()
+    if isinstance(ty, wasmtime.GlobalType):
+        return "global", (), ()
+    return type(ty).__name__.removesuffix("Type").lower() or "unknown", (), ()
+
+
+class WasmtimeModule:
+    """An `okra_core.engine.CompiledModule` on wasmtime."""
+
+    def __init__(self, engine, module: wasmtime.Module, digest: str, from_cache: bool):
+        self._engine = engine
+        self._module = module
+        #: sha256 of the module's bytes.
+        self.digest = digest
+        #: Whether it was loaded from the on-disk cache rather than compiled.
+        self.from_cache = from_cache
+        self._imports = tuple(
+            ImportSpec(imp.module, imp.name or "", *_describe(imp.type)) for imp in module.imports
+        )
+        self._exports = tuple(ExportSpec(exp.name, *_describe(exp.type)) for exp in module.exports)
+
+    @property
+    def imports(self) -> Sequence[ImportSpec]:
+        return self._imports
+
+    @property
+    def exports(self) -> Sequence[ExportSpec]:
+        return self._exports
+
+    def instantiate(
+        self, host_functions: Sequence[HostFunction], stdio: StdioSink, context: HostContext
+    ) -> WasmtimeInstance:
+        self._check_imports(host_functions)
+        engine = self._engine.wasmtime_engine
+        store = wasmtime.Store(engine)
+        if self._engine.epoch_interruption:
+            store.set_epoch_deadline(_EPOCH_NEVER)
+        store.set_wasi(wasmtime.WasiConfig())  # no preopens, no env, no args, no stdio
+
+        guest_memory = WasmtimeMemory()
+        callbacks = [_wasi.fd_write_callback(guest_memory, stdio)]
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        linker.allow_shadowing = True
+        _capi.define_host_func(
+            linker, _wasi.NAMESPACE, "fd_write", functype(("i32",) * 4, ("i32",)), callbacks[0]
+        )
+        linker.allow_shadowing = False
+        for fn in host_functions:
+            callback = host_callback(fn, context)
+            callbacks.append(callback)
+            try:
+                _capi.define_host_func(
+                    linker, fn.namespace, fn.name, functype(fn.params, fn.results), callback
+                )
+            except (wasmtime.WasmtimeError, ValueError) as exc:
+                raise DeployError(f"cannot link host function {fn.qualified_name}: {one_line(str(exc))}") from None
+
+        try:
+            raw = linker.instantiate(store, self._module)
+        except wasmtime.Trap as trap:
+            raise GuestTrap(f"instantiation: {one_line(trap.message)}") from None
+        except wasmtime.ExitTrap as exc:
+            raise GuestTrap(f"instantiation: the guest exited with status {exc.code} (proc_exit)") from None
+        except wasmtime.WasmtimeError as exc:
+            raise DeployError(f"cannot link the module: {one_line(str(exc))}") from None
+
+        exports = dict(raw.exports(store))
+        memory = exports.get(abi.EXPORT_MEMORY)
+        missing = [
+            name
+            for name in (abi.EXPORT_HANDLE, abi.EXPORT_BUFFER, abi.EXPORT_ABI_VERSION)
+            if not isinstance(exports.get(name), wasmtime.Func)
+        ]
+        if not isinstance(memory, wasmtime.Memory):
+            missing.insert(0, abi.EXPORT_MEMORY)
+        if missing:
+            store.close()
+            raise AbiError(
+                f"module does not export {', '.join(missing)} required by guest ABI v1: "
+                "was it built with an OKRA SDK?"
+            )
+        funcs = {name: ext for name, ext in exports.items() if isinstance(ext, wasmtime.Func)}
+        instance = WasmtimeInstance(store, funcs, memory, guest_memory, callbacks)
+        context.memory = guest_memory
+        try:
+            instance.start(abi.INITIAL_BUFFER_SIZE)
+        except GuestTrap:
+            instance.close()
+            raise
+        except GuestFault as exc:
+            instance.close()
+            raise AbiError(f"the module breaks guest ABI v1 while starting: {exc}") from None
+        return instance
+
+    def _check_imports(self, host_functions: Sequence[HostFunction]) -> None:
+        """Name the first import nothing will satisfy, before wasmtime's own less
+        specific link error."""
+        provided = {fn.qualified_name for fn in host_functions}
+        for imp in self._imports:
+            if imp.module == _wasi.NAMESPACE:
+                continue  # wasmtime's WASI; an unknown WASI name fails at link time
+            if imp.kind != "func":
+                raise DeployError(
+                    f"module imports {imp.kind} {imp.qualified_name}; OKRA links only "
+                    "functions (a module must define its own memory and tables)"
+                )
+            if imp.qualified_name not in provided:
+                raise CapabilityError(
+                    f"module imports {imp.qualified_name}, which is not linked on this host: "
+                    "grant its host API in the manifest (\"host_apis\" in okra.service.json)"
+                )
+

@@ -1,0 +1,61 @@
+"""WASI for OKRA guests: wasmtime's own WASI, closed down, with fd_write redirected.
+
+The store gets a WASI context with no preopened directories, no environment and no
+arguments. `fd_write` is shadowed so that stdout and stderr reach the service's log
+through the instance's stdio sink, and every other descriptor is EBADF.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+from okra_core.engine import StdioSink
+from okra_core.hostapi import HostError
+from okra_plugins.engine_wasmtime import _capi
+from okra_plugins.engine_wasmtime._hostfuncs import failure_trap
+from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "wasi_snapshot_preview1"
+ERRNO_SUCCESS = 0
+ERRNO_BADF = 8
+ERRNO_FAULT = 21
+ERRNO_IO = 29
+_U32 = 0xFFFFFFFF
+_IOVEC = struct.Struct("<II")
+_SIZE = struct.Struct("<I")
+
+
+def fd_write_callback(memory: WasmtimeMemory, stdio: StdioSink) -> _capi.HostCallback:
+    """`fd_write(fd, iovs, iovs_len, nwritten) -> errno`, gathering the iovecs into one
+    chunk for `stdio(fd, data)`."""
+
+    def fd_write(env, caller, p, n):
+        try:
+            fd = p[0] & _U32
+            if fd != 1 and fd != 2:
+                p[0] = ERRNO_BADF
+                return 0
+            iovs, count, nwritten = p[2] & _U32, p[4] & _U32, p[6] & _U32
+            try:
+                table = memory.read(iovs, 8 * count)
+                data = b"".join(memory.read(ptr, length) for ptr, length in _IOVEC.iter_unpack(table))
+                memory.write(nwritten, _SIZE.pack(len(data)))
+            except HostError:
+                p[0] = ERRNO_FAULT
+                return 0
+            if data:
+                try:
+                    stdio(fd, data)
+                except Exception:
+                    log.exception("the stdio sink failed on %d bytes for fd %d", len(data), fd)
+                    p[0] = ERRNO_IO
+                    return 0
+            p[0] = ERRNO_SUCCESS
+            return 0
+        except BaseException as exc:
+            return failure_trap("WASI fd_write", exc)
+
+    return _capi.HostCallback(fd_write)

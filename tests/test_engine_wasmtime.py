@@ -1,0 +1,684 @@
+# Test plan: the wasmtime engine plugin (okra_plugins/engine_wasmtime)
+#
+# Every guest is real: WAT fixtures in tests/fixtures/ speaking guest ABI v1, converted
+# with wasmtime.wat2wasm, plus one real Go wasip1 reactor (slow).
+#
+# Plugin and engine
+#   - the plugin registers engine "wasmtime" through the register_engines hook
+#   - unknown or invalid factory options are ConfigErrors
+#   - describe() gives the wasmtime version and the settings
+#   - imports/exports carry kinds and function types
+# Request path (Instance.handle)
+#   - echo of 0 B, 100 B, 64 KiB and 1 MiB round-trips (the last two regrow the buffer),
+#     and small requests keep working after big ones
+#   - an error envelope from the guest comes back as is
+#   - abi_version() calls okra_abi_version
+#   - a request the guest cannot make room for (okra_buffer -> 0) is a GuestFault
+#   - a trap is a GuestTrap with the trap message and location; the instance then
+#     refuses further calls
+#   - a response outside memory is a GuestFault; the instance then refuses calls
+#   - close() is idempotent; a closed instance refuses calls
+#   - calls from several threads on different instances at once all return their own
+#     answers; one instance may be used from different threads in turn
+# Instantiation
+#   - a trap in _initialize is a GuestTrap
+#   - okra_buffer returning 0 at start-up is an AbiError
+#   - a missing ABI export is an AbiError
+#   - an import nothing provides is a DeployError naming it (okra.* and WASI alike)
+# Compilation
+#   - bytes that are not wasm, truncated or invalid wasm and components are
+#     PackageErrors saying service.wasm is not a valid module
+#   - compiling the same bytes twice shares one module
+# Host functions
+#   - a result that fits is written to the guest's buffer
+#   - a result that does not fit stays pending and okra.abi.take fetches it
+#   - HostError -> negative code, message pending (the guest reads it with take)
+#   - a bug in a host function -> -INTERNAL, logged
+#   - a host function returning a non-int traps the guest instead of crashing
+#   - each instance's host functions see that instance's HostContext
+#   - ctx.memory is a bounds-checked GuestMemory
+# WASI
+#   - fd_write to stdout/stderr reaches the stdio sink (also from _initialize), in
+#     order, with iovecs gathered; other fds are EBADF
+#   - a Go wasip1 reactor (which imports clocks, random, environ, proc_exit...) links,
+#     initialises and serves (slow)
+# On-disk cache
+#   - a compiled module is written to the cache and a fresh engine loads it without
+#     compiling
+#   - truncated, flipped, empty or garbage entries are detected and recompiled
+#   - an entry with a valid checksum that wasmtime rejects is recompiled
+#   - the key changes with the module, the wasmtime version and every setting
+#   - cache_dir=None disables the cache; the default follows OKRA_CACHE_DIR,
+#     XDG_CACHE_HOME, HOME
+#   - an unwritable cache directory only warns
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import threading
+
+import pluggy
+import pytest
+import wasmtime
+
+from okra_core import abi, hookspecs
+from okra_core.engine import CompiledModule, Engine, GuestFault, GuestTrap, Instance
+from okra_core.errors import AbiError, CapabilityError, ConfigError, DeployError, PackageError
+from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
+from okra_core.plugins import Registry
+from okra_core.status import StatusCode
+from okra_plugins import engine_wasmtime
+from okra_plugins.engine_wasmtime import _cache, _engine
+from okra_plugins.engine_wasmtime._engine import WasmtimeEngine, create_engine
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+SERVICE = "test.v1.Echo"
+
+
+@functools.cache
+def wasm(name: str) -> bytes:
+    return wasmtime.wat2wasm((FIXTURES / f"{name}.wat").read_text())
+
+
+def request(payload: bytes, method: str = "Echo") -> bytes:
+    return abi.encode_request(abi.request_prefix(SERVICE, method), payload)
+
+
+def new_context() -> HostContext:
+    return HostContext(SERVICE, logging.getLogger(f"okra.service.{SERVICE}"))
+
+
+class Sink:
+    """A stdio sink that remembers what it got."""
+
+    def __init__(self):
+        self.chunks: list[tuple[int, bytes]] = []
+
+    def __call__(self, fd: int, data: bytes) -> None:
+        self.chunks.append((fd, data))
+
+
+@pytest.fixture(scope="module")
+def engine() -> WasmtimeEngine:
+    return create_engine(cache_dir=None)
+
+
+def start(engine, name, functions=None, stdio=None, context=None):
+    module = engine.compile(wasm(name))
+    if functions is None:
+        functions = abi.abi_functions()
+    return module.instantiate(functions, stdio or Sink(), context or new_context())
+
+
+# -- plugin and engine ----------------------------------------------------------------
+
+
+def test_plugin_registers_the_wasmtime_engine():
+    pm = pluggy.PluginManager("okra")
+    pm.add_hookspecs(hookspecs)
+    pm.register(engine_wasmtime, name="okra_plugins.engine_wasmtime")
+    registry = Registry(pm)
+    assert registry.names("engines") == ["wasmtime"]
+    engine = registry.engine("wasmtime", cache_dir=None)
+    assert isinstance(engine, Engine)
+    assert engine.name == "wasmtime"
+
+
+@pytest.mark.parametrize(
+    "options, complaint",
+    [
+        ({"cache": "/tmp"}, "unknown option cache"),
+        ({"opt_level": "fast"}, "opt_level='fast'"),
+        ({"epoch_interruption": "yes"}, "epoch_interruption"),
+        ({"cache_dir": 42}, "cache_dir=42"),
+    ],
+)
+def test_bad_factory_options_are_config_errors(options, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        create_engine(**options)
+
+
+def test_describe_gives_version_and_settings(tmp_path):
+    described = create_engine(cache_dir=tmp_path, opt_level="none").describe()
+    assert described == {
+        "version": wasmtime_version(),
+        "epoch_interruption": "true",
+        "opt_level": "none",
+        "cache_dir": str(tmp_path),
+    }
+    assert create_engine(cache_dir=None).describe()["cache_dir"] == "disabled"
+
+
+def wasmtime_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("wasmtime")
+
+
+def test_imports_and_exports_carry_function_types(engine):
+    module = engine.compile(wasm("hostcall"))
+    assert isinstance(module, CompiledModule)
+    imports = {imp.qualified_name: imp for imp in module.imports}
+    assert imports["okra.test.repeat"].kind == "func"
+    assert imports["okra.test.repeat"].params == ("i32", "i32", "i32", "i32")
+    assert imports["okra.test.repeat"].results == ("i32",)
+    assert (imports["okra.abi.take"].params, imports["okra.abi.take"].results) == (("i32", "i32"), ("i32",))
+    exports = {exp.name: exp for exp in module.exports}
+    assert exports["memory"].kind == "memory"
+    assert (exports["okra_handle"].params, exports["okra_handle"].results) == (("i32", "i32"), ("i64",))
+    assert (exports["okra_buffer"].params, exports["okra_buffer"].results) == (("i32",), ("i32",))
+
+
+def test_value_types_are_named_like_the_spec(engine):
+    module = engine.compile(
+        wasmtime.wat2wasm(
+            """(module
+                 (import "okra.x" "f" (func (param i32 i64 f32 f64 v128 funcref externref)))
+                 (func (export "g") (result f64) (f64.const 1)))"""
+        )
+    )
+    (imp,) = module.imports
+    assert imp.params == ("i32", "i64", "f32", "f64", "v128", "funcref", "externref")
+    assert {e.name: e.results for e in module.exports}["g"] == ("f64",)
+
+
+# -- the request path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 100, 64 * 1024, 1024 * 1024])
+def test_echo_round_trips_every_size(engine, size):
+    instance = start(engine, "echo")
+    assert isinstance(instance, Instance)
+    payload = os.urandom(size)
+    output, code, message = abi.decode_response(instance.handle(request(payload)))
+    assert (output, code, message) == (payload, 0, "")
+    # the buffer is reused (or regrown) without disturbing later small requests
+    assert abi.decode_response(instance.handle(request(b"small")))[0] == b"small"
+    assert abi.decode_response(instance.handle(request(payload[::-1])))[0] == payload[::-1]
+
+
+def test_guest_error_envelope_comes_back_as_is(engine):
+    instance = start(engine, "echo")
+    response = instance.handle(request(b"ignored", method="Fail"))
+    assert abi.decode_response(response) == (b"", 9, "requested failure")
+
+
+def test_abi_version_calls_the_export(engine):
+    assert start(engine, "echo").abi_version() == 1
+
+
+def test_request_the_guest_cannot_make_room_for_is_a_guest_fault(engine):
+    instance = start(engine, "echo")  # its memory may grow to 4 MiB, no further
+    with pytest.raises(GuestFault, match=r"okra_buffer\(\d+\) returned 0"):
+        instance.handle(request(b"x" * (5 * 1024 * 1024)))
+    with pytest.raises(GuestFault, match="faulted earlier"):
+        instance.handle(request(b"small"))
+
+
+def test_trap_is_a_guest_trap_with_message_and_location(engine):
+    instance = start(engine, "trap")
+    with pytest.raises(GuestTrap) as caught:
+        instance.handle(request(b"hello"))
+    message = str(caught.value)
+    assert message.startswith("okra_handle: wasm `unreachable` instruction executed")
+    assert "(at 0x" in message
+    assert "\n" not in message
+
+
+def test_trapped_instance_is_never_reused(engine):
+    instance = start(engine, "trap")
+    with pytest.raises(GuestTrap):
+        instance.handle(request(b"hello"))
+    with pytest.raises(GuestFault, match="trapped earlier and must be discarded"):
+        instance.handle(request(b"hello"))
+    with pytest.raises(GuestFault, match="trapped earlier"):
+        instance.abi_version()
+
+
+def test_response_outside_memory_is_a_guest_fault(engine):
+    instance = start(engine, "bad_pointer")
+    with pytest.raises(GuestFault, match="outside the guest's 131072-byte memory"):
+        instance.handle(request(b"hello"))
+    with pytest.raises(GuestFault, match="faulted earlier"):
+        instance.handle(request(b"hello"))
+
+
+def test_close_is_idempotent_and_a_closed_instance_refuses_calls(engine):
+    instance = start(engine, "echo")
+    instance.close()
+    instance.close()
+    with pytest.raises(GuestFault, match="closed"):
+        instance.handle(request(b"hello"))
+    with pytest.raises(GuestFault, match="closed"):
+        instance.abi_version()
+
+
+def test_instances_serve_calls_from_parallel_threads(engine):
+    instances = [start(engine, "echo") for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(instances))
+
+    def worker(index: int, instance) -> None:
+        try:
+            barrier.wait()
+            for i in range(300):
+                payload = f"{index}:{i}:".encode() * (1 + i % 50)
+                output, code, _ = abi.decode_response(instance.handle(request(payload)))
+                assert (output, code) == (payload, 0)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=pair) for pair in enumerate(instances)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_one_instance_may_move_between_threads(engine):
+    instance = start(engine, "echo")
+    results = []
+    for n in range(3):
+        thread = threading.Thread(
+            target=lambda n=n: results.append(abi.decode_response(instance.handle(request(bytes([n]))))[0])
+        )
+        thread.start()
+        thread.join()
+    assert results == [b"\x00", b"\x01", b"\x02"]
+
+
+# -- instantiation --------------------------------------------------------------------
+
+
+def test_trap_in_initialize_is_a_guest_trap(engine):
+    with pytest.raises(GuestTrap, match=r"^_initialize: wasm `unreachable`"):
+        start(engine, "init_trap")
+
+
+def test_okra_buffer_returning_zero_at_start_is_an_abi_error(engine):
+    with pytest.raises(AbiError, match=r"okra_buffer\(65536\) returned 0"):
+        start(engine, "no_buffer")
+
+
+def test_missing_abi_export_is_an_abi_error(engine):
+    module = engine.compile(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    with pytest.raises(AbiError, match="okra_handle, okra_buffer, okra_abi_version"):
+        module.instantiate(abi.abi_functions(), Sink(), new_context())
+
+
+def test_import_nothing_provides_is_a_deploy_error_naming_it(engine):
+    module = engine.compile(wasm("hostcall"))
+    with pytest.raises(CapabilityError, match=r"module imports okra\.test\.repeat"):
+        module.instantiate(abi.abi_functions(), Sink(), new_context())
+
+
+def test_unknown_wasi_function_is_a_deploy_error_naming_it(engine):
+    module = engine.compile(
+        wasmtime.wat2wasm(
+            """(module (import "wasi_snapshot_preview1" "no_such_call" (func))
+                       (memory (export "memory") 1))"""
+        )
+    )
+    with pytest.raises(DeployError, match="no_such_call"):
+        module.instantiate(abi.abi_functions(), Sink(), new_context())
+
+
+# -- compilation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, detail",
+    [
+        (b"", "magic"),
+        (b"PK\x03\x04 this is a zip", "magic"),
+        (b"\0asm\x01\0\0\0\x05\xff\xff", ""),  # truncated section
+        (wasmtime.wat2wasm("(module (func (result i32)))")[:-2] + b"\x0b\x0b", ""),  # bad body
+    ],
+)
+def test_invalid_module_is_a_package_error(engine, data, detail):
+    with pytest.raises(PackageError, match="^service.wasm is not a valid WebAssembly module: ") as caught:
+        engine.compile(data)
+    assert detail in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_type_invalid_module_is_a_package_error(engine):
+    # valid binary structure, but the body leaves an i64 where an i32 is returned
+    body = wasmtime.wat2wasm("(module (func (result i32) (i32.const 1)))")
+    broken = body.replace(b"\x41\x01\x0b", b"\x42\x01\x0b")  # i32.const 1 -> i64.const 1
+    assert broken != body
+    with pytest.raises(PackageError, match="type mismatch"):
+        engine.compile(broken)
+
+
+def test_component_is_a_package_error_that_says_so(engine):
+    with pytest.raises(PackageError, match="component"):
+        engine.compile(b"\0asm\x0d\x00\x01\x00")
+
+
+def test_compiling_the_same_bytes_twice_shares_one_module(engine):
+    assert engine.compile(wasm("echo")) is engine.compile(bytearray(wasm("echo")))
+
+
+# -- host functions -------------------------------------------------------------------
+
+
+def repeat(ctx: HostContext, ptr: int, length: int, out_ptr: int, out_cap: int) -> int:
+    """okra.test.repeat: the request's input three times, by the pending-result rules."""
+    _, method, payload, _ = abi.decode_request(ctx.memory.read(ptr, length))
+    if method == "Error":
+        raise HostError(StatusCode.NOT_FOUND, "no such thing")
+    if method == "Crash":
+        raise RuntimeError("boom")
+    if method == "Bad":
+        return None  # type: ignore[return-value]
+    return ctx.return_data(payload * 3, out_ptr, out_cap)
+
+
+REPEAT = HostFunction("okra.test", "repeat", ("i32", "i32", "i32", "i32"), repeat)
+
+
+def start_hostcall(engine, context=None):
+    context = context or new_context()
+    return start(engine, "hostcall", [*abi.abi_functions(), REPEAT], context=context), context
+
+
+def test_host_result_that_fits_is_written_directly(engine):
+    instance, context = start_hostcall(engine)
+    assert abi.decode_response(instance.handle(request(b"ab"))) == (b"ababab", 0, "")
+    assert context.pending is None
+
+
+@pytest.mark.parametrize("size", [6, 1000, 40 * 1024])  # 120 KiB grows memory
+def test_host_result_too_big_is_pending_and_taken(engine, size):
+    instance, context = start_hostcall(engine)
+    payload = os.urandom(size)
+    assert abi.decode_response(instance.handle(request(payload))) == (payload * 3, 0, "")
+    assert context.pending is None  # take cleared it
+
+
+def test_host_error_is_a_negative_code_with_the_message_pending(engine):
+    instance, _ = start_hostcall(engine)
+    response = instance.handle(request(b"", method="Error"))
+    assert abi.decode_response(response) == (b"", StatusCode.NOT_FOUND, "no such thing")
+
+
+def test_host_function_bug_is_internal_and_logged(engine, caplog):
+    instance, _ = start_hostcall(engine)
+    with caplog.at_level(logging.ERROR):
+        response = instance.handle(request(b"", method="Crash"))
+    assert abi.decode_response(response) == (
+        b"",
+        StatusCode.INTERNAL,
+        "internal error in host function okra.test.repeat",
+    )
+    assert "boom" in caplog.text
+
+
+def test_host_function_returning_a_non_int_traps_the_guest(engine, caplog):
+    instance, _ = start_hostcall(engine)
+    with caplog.at_level(logging.ERROR), pytest.raises(GuestTrap, match="okra.test.repeat"):
+        instance.handle(request(b"", method="Bad"))
+
+
+def test_host_functions_see_their_own_instance_context(engine):
+    seen = []
+
+    def spy(ctx, ptr, length, out_ptr, out_cap):
+        seen.append(ctx)
+        return repeat(ctx, ptr, length, out_ptr, out_cap)
+
+    function = HostFunction("okra.test", "repeat", REPEAT.params, spy)
+    contexts = [new_context(), new_context()]
+    instances = [
+        start(engine, "hostcall", [*abi.abi_functions(), function], context=ctx) for ctx in contexts
+    ]
+    instances[1].handle(request(b"x"))
+    instances[0].handle(request(b"y"))
+    assert seen == [contexts[1], contexts[0]]
+
+
+def test_context_memory_is_a_bounds_checked_guest_memory(engine):
+    instance, context = start_hostcall(engine)
+    memory = context.memory
+    assert isinstance(memory, GuestMemory)
+    size = 2 * 65536  # hostcall.wat's memory
+    memory.write(size - 4, b"abcd")
+    assert memory.read(size - 4, 4) == b"abcd"
+    assert memory.read(size, 0) == b""
+    for bad in (lambda: memory.read(size - 3, 4), lambda: memory.write(size - 3, b"abcd"),
+                lambda: memory.read(-1, 1), lambda: memory.read(0, -1)):
+        with pytest.raises(HostError) as caught:
+            bad()
+        assert caught.value.code == StatusCode.INVALID_ARGUMENT
+        assert "outside the guest's 131072-byte memory" in caught.value.message
+    instance.close()
+    with pytest.raises(HostError):
+        memory.read(0, 1)
+
+
+# -- WASI -----------------------------------------------------------------------------
+
+
+def test_stdout_and_stderr_reach_the_sink_and_other_fds_are_ebadf(engine):
+    sink = Sink()
+    instance = start(engine, "stdout", stdio=sink)
+    assert sink.chunks == [(1, b"init\n")]  # written by _initialize
+    output, code, _ = abi.decode_response(instance.handle(request(b"")))
+    assert sink.chunks[1:] == [(1, b"hello stdout\n"), (2, b"oops\n")]
+    errno_fd5, written = output
+    assert errno_fd5 == 8  # EBADF
+    assert written == len(b"hello stdout\n")
+
+
+GO_GUEST = """\
+package main
+
+import (
+	"os"
+	"unsafe"
+)
+
+var buf []byte
+var resp []byte
+
+//go:wasmexport okra_abi_version
+func okraAbiVersion() int32 { return 1 }
+
+//go:wasmexport okra_buffer
+func okraBuffer(size int32) int32 {
+	if int(size) > cap(buf) {
+		buf = make([]byte, size)
+	}
+	return int32(uintptr(unsafe.Pointer(unsafe.SliceData(buf))))
+}
+
+// Answers with the whole request envelope as the output.
+//
+//go:wasmexport okra_handle
+func okraHandle(ptr, n int32) int64 {
+	req := unsafe.Slice(unsafe.SliceData(buf), n)
+	os.Stdout.WriteString("handling\\n")
+	resp = append(resp[:0], 0x0a)
+	for l := uint32(n); ; l >>= 7 {
+		if l < 0x80 {
+			resp = append(resp, byte(l))
+			break
+		}
+		resp = append(resp, byte(l)|0x80)
+	}
+	resp = append(resp, req...)
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(resp)))
+	return int64(p)<<32 | int64(len(resp))
+}
+
+func main() {}
+"""
+
+
+def go_binary() -> str | None:
+    candidate = pathlib.Path("/work/venv/bin/go")
+    found = shutil.which("go") or (str(candidate) if candidate.exists() else None)
+    return found
+
+
+@pytest.mark.slow
+def test_go_wasip1_reactor_links_initialises_and_serves(engine, tmp_path):
+    go = go_binary()
+    if go is None:
+        pytest.skip("no Go toolchain (go) on PATH")
+    (tmp_path / "go.mod").write_text("module okratest\n\ngo 1.24\n")
+    (tmp_path / "main.go").write_text(GO_GUEST)
+    env = {
+        **os.environ,
+        "GOOS": "wasip1",
+        "GOARCH": "wasm",
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "GOTOOLCHAIN": "local",
+    }
+    built = subprocess.run(
+        [go, "build", "-buildmode=c-shared", "-o", "guest.wasm", "."],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert built.returncode == 0, built.stderr
+    module = engine.compile((tmp_path / "guest.wasm").read_bytes())
+    wasi_imports = {imp.name for imp in module.imports if imp.module == abi.WASI_NAMESPACE}
+    assert {"fd_write", "random_get", "clock_time_get"} <= wasi_imports
+    sink = Sink()
+    instance = module.instantiate(abi.abi_functions(), sink, new_context())
+    assert instance.abi_version() == 1
+    envelope = request(b"from go" * 1000)
+    assert abi.decode_response(instance.handle(envelope)) == (envelope, 0, "")
+    assert (1, b"handling\n") in sink.chunks
+
+
+# -- the on-disk cache ----------------------------------------------------------------
+
+
+def cache_entries(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(directory.glob("*.cwasm"))
+
+
+def forbid_compiling(monkeypatch):
+    def refuse(self, wasm):
+        raise AssertionError("compiled although the cache holds the module")
+
+    monkeypatch.setattr(WasmtimeEngine, "_compile", refuse)
+
+
+def test_compiled_module_is_cached_and_a_fresh_engine_loads_it(tmp_path, monkeypatch):
+    first = create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    assert first.from_cache is False
+    (entry,) = cache_entries(tmp_path)
+    assert entry.name.startswith(hashlib.sha256(wasm("echo")).hexdigest())
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed into place
+
+    forbid_compiling(monkeypatch)
+    again = create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    assert again.from_cache is True
+    instance = again.instantiate(abi.abi_functions(), Sink(), new_context())
+    assert abi.decode_response(instance.handle(request(b"cached")))[0] == b"cached"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:10],
+        lambda data: data[: len(data) // 2],
+        lambda data: data[:-1] + bytes([data[-1] ^ 0xFF]),
+        lambda data: b"",
+        lambda data: os.urandom(len(data)),
+    ],
+    ids=["header-only", "truncated", "flipped", "empty", "garbage"],
+)
+def test_damaged_cache_entry_is_recompiled(tmp_path, damage, caplog):
+    create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    (entry,) = cache_entries(tmp_path)
+    entry.write_bytes(damage(entry.read_bytes()))
+
+    with caplog.at_level(logging.WARNING):
+        module = create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    assert module.from_cache is False
+    assert "damaged" in caplog.text
+    instance = module.instantiate(abi.abi_functions(), Sink(), new_context())
+    assert abi.decode_response(instance.handle(request(b"ok")))[0] == b"ok"
+    # and the entry was rewritten whole
+    assert create_engine(cache_dir=tmp_path).compile(wasm("echo")).from_cache is True
+
+
+def test_entry_with_valid_checksum_that_wasmtime_rejects_is_recompiled(tmp_path, caplog):
+    engine = create_engine(cache_dir=tmp_path)
+    digest = hashlib.sha256(wasm("echo")).hexdigest()
+    engine.cache.store(digest, b"not a serialized module")
+    with caplog.at_level(logging.WARNING):
+        module = create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    assert module.from_cache is False
+    assert "does not load" in caplog.text
+    assert create_engine(cache_dir=tmp_path).compile(wasm("echo")).from_cache is True
+
+
+def test_cache_key_changes_with_module_version_and_every_setting(tmp_path, monkeypatch):
+    base = create_engine(cache_dir=tmp_path)
+    keys = {
+        base.config_key(),
+        create_engine(cache_dir=tmp_path, opt_level="none").config_key(),
+        create_engine(cache_dir=tmp_path, opt_level="speed_and_size").config_key(),
+        create_engine(cache_dir=tmp_path, epoch_interruption=False).config_key(),
+    }
+    monkeypatch.setattr(_engine, "WASMTIME_VERSION", "0.0.0-other")
+    keys.add(create_engine(cache_dir=tmp_path).config_key())
+    assert len(keys) == 5
+
+    monkeypatch.undo()
+    base.compile(wasm("echo"))
+    base.compile(wasm("trap"))
+    create_engine(cache_dir=tmp_path, opt_level="none").compile(wasm("echo"))
+    assert len(cache_entries(tmp_path)) == 3
+
+
+def test_changed_setting_never_reuses_an_entry(tmp_path):
+    create_engine(cache_dir=tmp_path).compile(wasm("echo"))
+    other = create_engine(cache_dir=tmp_path, epoch_interruption=False).compile(wasm("echo"))
+    assert other.from_cache is False
+
+
+def test_cache_dir_none_disables_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OKRA_CACHE_DIR", str(tmp_path))
+    for disabled in (None, False):
+        engine = create_engine(cache_dir=disabled)
+        assert engine.cache is None
+        assert engine.compile(wasm("echo")).from_cache is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("OKRA_CACHE_DIR", raising=False)
+    assert _cache.default_cache_dir() == tmp_path / "home" / ".cache" / "okra" / "modules"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _cache.default_cache_dir() == tmp_path / "xdg" / "okra" / "modules"
+    monkeypatch.setenv("OKRA_CACHE_DIR", str(tmp_path / "okra"))
+    assert _cache.default_cache_dir() == tmp_path / "okra"
+    engine = create_engine()
+    assert engine.describe()["cache_dir"] == str(tmp_path / "okra")
+    engine.compile(wasm("echo"))
+    assert len(cache_entries(tmp_path / "okra")) == 1
+
+
+def test_unwritable_cache_dir_only_warns(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    with caplog.at_level(logging.WARNING):
+        module = create_engine(cache_dir=blocker / "modules").compile(wasm("echo"))
+    assert "cannot write compiled-module cache entry" in caplog.text
+    instance = module.instantiate(abi.abi_functions(), Sink(), new_context())
+    assert abi.decode_response(instance.handle(request(b"ok")))[0] == b"ok"
