@@ -15,7 +15,7 @@
 #   - abi_version() calls okra_abi_version
 #   - a request the guest cannot make room for (okra_buffer -> 0) is a GuestFault
 #   - a trap is a GuestTrap with the trap message and location; the instance then
-#     refuses further calls
+#     refuses further calls; so is a WASI proc_exit, with its status
 #   - a response outside memory is a GuestFault; the instance then refuses calls
 #   - close() is idempotent; a closed instance refuses calls
 #   - calls from several threads on different instances at once all return their own
@@ -239,6 +239,23 @@ def test_trapped_instance_is_never_reused(engine):
         instance.handle(request(b"hello"))
     with pytest.raises(GuestFault, match="trapped earlier"):
         instance.abi_version()
+
+
+def test_proc_exit_is_a_guest_trap_with_the_status(engine):
+    module = engine.compile(
+        wasmtime.wat2wasm(
+            """(module
+                 (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                 (memory (export "memory") 2)
+                 (func (export "okra_abi_version") (result i32) (i32.const 1))
+                 (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))
+                 (func (export "okra_handle") (param i32 i32) (result i64)
+                   (call $exit (i32.const 3)) (i64.const 0)))"""
+        )
+    )
+    instance = module.instantiate(abi.abi_functions(), Sink(), new_context())
+    with pytest.raises(GuestTrap, match=r"okra_handle: the guest exited with status 3 \(proc_exit\)"):
+        instance.handle(request(b"bye"))
 
 
 def test_response_outside_memory_is_a_guest_fault(engine):
