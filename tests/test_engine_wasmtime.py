@@ -24,7 +24,9 @@
 #   - a trap in _initialize is a GuestTrap
 #   - okra_buffer returning 0 at start-up is an AbiError
 #   - a missing ABI export is an AbiError
-#   - an import nothing provides is a DeployError naming it (okra.* and WASI alike)
+#   - an import nothing provides, or of the wrong type, is a DeployError naming it
+#     (okra.* and WASI alike); so is a host function linked twice or of a type
+#     host functions cannot have
 # Compilation
 #   - bytes that are not wasm, truncated or invalid wasm and components are
 #     PackageErrors saying service.wasm is not a valid module
@@ -334,6 +336,30 @@ def test_import_nothing_provides_is_a_deploy_error_naming_it(engine):
     module = engine.compile(wasm("hostcall"))
     with pytest.raises(CapabilityError, match=r"module imports okra\.test\.repeat"):
         module.instantiate(abi.abi_functions(), Sink(), new_context())
+
+
+def test_import_with_the_wrong_type_is_a_deploy_error_naming_it(engine):
+    module = engine.compile(
+        wasmtime.wat2wasm(
+            """(module (import "okra.test" "repeat" (func (param i32)))
+                       (memory (export "memory") 1))"""
+        )
+    )
+    with pytest.raises(DeployError, match="okra.test::repeat"):
+        module.instantiate([REPEAT], Sink(), new_context())
+
+
+def test_host_function_linked_twice_is_a_deploy_error(engine):
+    module = engine.compile(wasm("hostcall"))
+    with pytest.raises(DeployError, match="cannot link host function okra.test.repeat"):
+        module.instantiate([*abi.abi_functions(), REPEAT, REPEAT], Sink(), new_context())
+
+
+def test_host_function_with_unsupported_types_is_a_deploy_error(engine):
+    module = engine.compile(wasm("echo"))
+    odd = HostFunction("okra.test", "odd", ("v128",), repeat)
+    with pytest.raises(DeployError, match="cannot link host function okra.test.odd"):
+        module.instantiate([odd], Sink(), new_context())
 
 
 def test_unknown_wasi_function_is_a_deploy_error_naming_it(engine):

@@ -17,6 +17,7 @@ import wasmtime
 from okra_core.errors import ConfigError, PackageError
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
 from okra_plugins.engine_wasmtime._failures import one_line
+from okra_plugins.engine_wasmtime._hostfuncs import functype
 from okra_plugins.engine_wasmtime._module import WasmtimeModule
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,17 @@ class WasmtimeEngine:
             )
         self.cache = ModuleCache(cache_dir, self.config_key()) if cache_dir is not None else None
         self._loaded: weakref.WeakValueDictionary[str, WasmtimeModule] = weakref.WeakValueDictionary()
+        self._functypes: dict[tuple, wasmtime.FuncType] = {}
         self._lock = threading.Lock()
+
+    def functype(self, params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
+        """The FuncType of a host function signature, built once per engine."""
+        key = (params, results)
+        ty = self._functypes.get(key)
+        if ty is None:
+            with self._lock:
+                ty = self._functypes.setdefault(key, functype(params, results))
+        return ty
 
     def config_key(self) -> str:
         """A short hash of the wasmtime version, the settings and the machine."""

@@ -35,6 +35,9 @@ _VALTYPES = {
 
 
 def functype(params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
+    """The FuncType for a signature. Building one costs ~35 us, so engines cache them
+    (`WasmtimeEngine.functype`); a FuncType is tied to the first engine it is used with.
+    """
     try:
         return wasmtime.FuncType(
             [_VALTYPES[t]() for t in params], [_VALTYPES[t]() for t in results]

@@ -12,7 +12,7 @@ from okra_core.errors import AbiError, CapabilityError, DeployError
 from okra_core.hostapi import HostContext, HostFunction
 from okra_plugins.engine_wasmtime import _capi, _wasi
 from okra_plugins.engine_wasmtime._failures import one_line
-from okra_plugins.engine_wasmtime._hostfuncs import functype, host_callback
+from okra_plugins.engine_wasmtime._hostfuncs import host_callback
 from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
 from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
@@ -97,19 +97,19 @@ class WasmtimeModule:
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
         linker.allow_shadowing = True
-        _capi.define_host_func(
-            linker, _wasi.NAMESPACE, "fd_write", functype(("i32",) * 4, ("i32",)), callbacks[0]
-        )
+        fd_write_type = self._engine.functype(("i32",) * 4, ("i32",))
+        _capi.define_host_func(linker, _wasi.NAMESPACE, "fd_write", fd_write_type, callbacks[0])
         linker.allow_shadowing = False
         for fn in host_functions:
-            callback = host_callback(fn, context)
-            callbacks.append(callback)
             try:
-                _capi.define_host_func(
-                    linker, fn.namespace, fn.name, functype(fn.params, fn.results), callback
-                )
+                callback = host_callback(fn, context)
+                callbacks.append(callback)
+                ty = self._engine.functype(tuple(fn.params), tuple(fn.results))
+                _capi.define_host_func(linker, fn.namespace, fn.name, ty, callback)
             except (wasmtime.WasmtimeError, ValueError) as exc:
-                raise DeployError(f"cannot link host function {fn.qualified_name}: {one_line(str(exc))}") from None
+                raise DeployError(
+                    f"cannot link host function {fn.qualified_name}: {one_line(str(exc))}"
+                ) from None
 
         try:
             raw = linker.instantiate(store, self._module)
