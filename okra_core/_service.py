@@ -6,9 +6,9 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from okra_core import abi
+from okra_core._workers import WorkerThreads
 from okra_core.descriptors import ServiceSchema, parse_input
 from okra_core.engine import GuestFault, GuestTrap
 from okra_core.pool import WorkerPool
@@ -34,14 +34,14 @@ class ServiceActor:
         self,
         schema: ServiceSchema,
         pool: WorkerPool,
-        executor: ThreadPoolExecutor,
+        workers: WorkerThreads,
         logger: logging.Logger,
         *,
         validate_output: bool = True,
     ):
         self.schema = schema
         self.pool = pool
-        self.executor = executor
+        self.workers = workers
         self.log = logger
         self.validate_output = validate_output
         self._prefixes = {
@@ -74,20 +74,27 @@ class ServiceActor:
         )
         loop = asyncio.get_running_loop()
         instance = await self.pool.acquire(message.deadline - loop.time())
-        future = loop.run_in_executor(self.executor, _call_guest, instance, envelope)
-        future.add_done_callback(lambda f: self._finished(f, instance))
+        outcome = loop.create_future()
+
+        def done(result, exc) -> None:
+            # Runs on the loop when the guest is done, even if the caller gave up.
+            self._finished(instance, exc)
+            if not outcome.done():
+                if exc is None:
+                    outcome.set_result(result)
+                else:
+                    outcome.set_exception(exc)
+
+        self.workers.submit(loop, done, _call_guest, instance, envelope)
+        timer = loop.call_at(message.deadline, _expire, outcome, method.full_path)
         try:
-            response = await asyncio.wait_for(
-                asyncio.shield(future), message.deadline - loop.time()
-            )
-        except asyncio.TimeoutError:
-            raise RpcError(
-                StatusCode.DEADLINE_EXCEEDED, f"{method.full_path}: deadline exceeded"
-            ) from None
+            response = await outcome
         except GuestTrap as exc:
             raise RpcError(StatusCode.INTERNAL, f"guest trapped in {method.full_path}: {exc}") from None
         except GuestFault as exc:
             raise RpcError(StatusCode.INTERNAL, f"guest broke the ABI in {method.full_path}: {exc}") from None
+        finally:
+            timer.cancel()
         output, code, text = response
         if code:
             raise RpcError(StatusCode.from_wire(code), text)
@@ -101,9 +108,8 @@ class ServiceActor:
                 ) from None
         return output
 
-    def _finished(self, future: asyncio.Future, instance) -> None:
-        """Return the instance once the guest is done, even if the caller gave up."""
-        exc = None if future.cancelled() else future.exception()
+    def _finished(self, instance, exc: BaseException | None) -> None:
+        """Return the instance to the pool; discard it if the call failed."""
         if isinstance(exc, (GuestTrap, GuestFault)):
             self.log.warning("instance discarded: %s", exc)
             self.pool.release(instance, discard=True)
@@ -115,7 +121,12 @@ class ServiceActor:
 
     async def on_stop(self) -> None:
         await self.pool.close(grace=10.0)
-        self.executor.shutdown(wait=False)
+        self.workers.close()
+
+
+def _expire(outcome: asyncio.Future, path: str) -> None:
+    if not outcome.done():
+        outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"))
 
 
 def _call_guest(instance, envelope: bytes) -> tuple[bytes, int, str]:

@@ -13,11 +13,11 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from okra_core import abi
 from okra_core._service import Invoke, ServiceActor
+from okra_core._workers import WorkerThreads
 from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
 from okra_core.config import RuntimeConfig
 from okra_core.descriptors import ServiceSchema
@@ -300,27 +300,22 @@ class Runtime:
 
         max_size = min(manifest.pool.max, self.config.max_instances_per_service)
         min_size = min(manifest.pool.min, max_size)
-        executor = ThreadPoolExecutor(max_workers=max_size, thread_name_prefix=f"okra:{schema.name}")
-        loop = asyncio.get_running_loop()
+        workers = WorkerThreads(max_size, name=f"okra:{schema.name}")
         pool = InstancePool(
-            create,
-            min_size=min_size,
-            max_size=max_size,
-            run_blocking=lambda fn: loop.run_in_executor(executor, fn),
-            name=schema.name,
+            create, min_size=min_size, max_size=max_size, run_blocking=workers.run, name=schema.name
         )
         try:
             # The probe: one instance proves the module links, initialises and speaks
             # the ABI before the service is announced; it then serves as a warm one.
-            probe = await loop.run_in_executor(executor, create)
+            probe = await workers.run(create)
             pool.adopt(probe)
             await pool.start()
         except BaseException:
             await pool.close(grace=0)
-            executor.shutdown(wait=False)
+            workers.close()
             raise
         return ServiceActor(
-            schema, pool, executor, logger, validate_output=self.config.validate_output
+            schema, pool, workers, logger, validate_output=self.config.validate_output
         )
 
 

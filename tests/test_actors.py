@@ -7,6 +7,8 @@
 # - stop drains in-flight and queued messages, calls on_stop once, and refuses new ones.
 # - stop with a short grace fails the messages that could not finish, never hangs.
 # - spawn(replace=True) routes new messages to the new actor while the old one finishes.
+# - an unbounded actor is asked directly; stop waits for those calls too, refuses new
+#   ones, and gives up waiting after the grace period without hanging.
 # - shutdown stops every actor.
 import asyncio
 
@@ -103,7 +105,7 @@ async def test_stop_drains_queued_messages_then_refuses_new_ones():
 
 async def test_stop_with_short_grace_fails_unfinished_messages_without_hanging():
     system = local_actor_system()
-    actor = Recorder(concurrency=None, delay=10)
+    actor = Recorder(concurrency=2, delay=10)
     ref = await system.spawn("a", actor)
     pending = asyncio.ensure_future(ref.ask("slow"))
     await asyncio.sleep(0.01)
@@ -136,3 +138,26 @@ async def test_shutdown_stops_every_actor():
     await system.shutdown()
     assert [a.stopped for a in actors] == [1, 1, 1]
     assert system.addresses() == []
+
+
+async def test_unbounded_actor_stop_waits_for_direct_calls_then_refuses_new_ones():
+    system = local_actor_system()
+    actor = Recorder(concurrency=None, delay=0.05)
+    ref = await system.spawn("a", actor)
+    inflight = asyncio.ensure_future(ref.ask("first"))
+    await asyncio.sleep(0.01)
+    await system.stop("a", grace=5)
+    assert inflight.done() and inflight.result() == "got first"
+    with pytest.raises(ActorStopped):
+        await ref.ask("late")
+
+
+async def test_unbounded_actor_stop_gives_up_after_grace():
+    system = local_actor_system()
+    actor = Recorder(concurrency=None, delay=10)
+    ref = await system.spawn("a", actor)
+    inflight = asyncio.ensure_future(ref.ask("slow"))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(system.stop("a", grace=0.05), 2)
+    assert actor.stopped == 1 and not inflight.done()
+    inflight.cancel()
