@@ -170,10 +170,16 @@ def test_imports_and_exports_carry_function_types(engine):
     assert imports["okra.test.repeat"].kind == "func"
     assert imports["okra.test.repeat"].params == ("i32", "i32", "i32", "i32")
     assert imports["okra.test.repeat"].results == ("i32",)
-    assert (imports["okra.abi.take"].params, imports["okra.abi.take"].results) == (("i32", "i32"), ("i32",))
+    assert (imports["okra.abi.take"].params, imports["okra.abi.take"].results) == (
+        ("i32", "i32"),
+        ("i32",),
+    )
     exports = {exp.name: exp for exp in module.exports}
     assert exports["memory"].kind == "memory"
-    assert (exports["okra_handle"].params, exports["okra_handle"].results) == (("i32", "i32"), ("i64",))
+    assert (exports["okra_handle"].params, exports["okra_handle"].results) == (
+        ("i32", "i32"),
+        ("i64",),
+    )
     assert (exports["okra_buffer"].params, exports["okra_buffer"].results) == (("i32",), ("i32",))
 
 
@@ -256,7 +262,9 @@ def test_proc_exit_is_a_guest_trap_with_the_status(engine):
         )
     )
     instance = module.instantiate(abi.abi_functions(), Sink(), new_context())
-    with pytest.raises(GuestTrap, match=r"okra_handle: the guest exited with status 3 \(proc_exit\)"):
+    with pytest.raises(
+        GuestTrap, match=r"okra_handle: the guest exited with status 3 \(proc_exit\)"
+    ):
         instance.handle(request(b"bye"))
 
 
@@ -306,7 +314,9 @@ def test_one_instance_may_move_between_threads(engine):
     results = []
     for n in range(3):
         thread = threading.Thread(
-            target=lambda n=n: results.append(abi.decode_response(instance.handle(request(bytes([n]))))[0])
+            target=lambda n=n: results.append(
+                abi.decode_response(instance.handle(request(bytes([n]))))[0]
+            )
         )
         thread.start()
         thread.join()
@@ -386,7 +396,9 @@ def test_unknown_wasi_function_is_a_deploy_error_naming_it(engine):
     ],
 )
 def test_invalid_module_is_a_package_error(engine, data, detail):
-    with pytest.raises(PackageError, match="^service.wasm is not a valid WebAssembly module: ") as caught:
+    with pytest.raises(
+        PackageError, match="^service.wasm is not a valid WebAssembly module: "
+    ) as caught:
         engine.compile(data)
     assert detail in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -496,8 +508,12 @@ def test_context_memory_is_a_bounds_checked_guest_memory(engine):
     memory.write(size - 4, b"abcd")
     assert memory.read(size - 4, 4) == b"abcd"
     assert memory.read(size, 0) == b""
-    for bad in (lambda: memory.read(size - 3, 4), lambda: memory.write(size - 3, b"abcd"),
-                lambda: memory.read(-1, 1), lambda: memory.read(0, -1)):
+    for bad in (
+        lambda: memory.read(size - 3, 4),
+        lambda: memory.write(size - 3, b"abcd"),
+        lambda: memory.read(-1, 1),
+        lambda: memory.read(0, -1),
+    ):
         with pytest.raises(HostError) as caught:
             bad()
         assert caught.value.code == StatusCode.INVALID_ARGUMENT
@@ -589,7 +605,11 @@ def test_go_wasip1_reactor_links_initialises_and_serves(engine, tmp_path):
     }
     built = subprocess.run(
         [go, "build", "-buildmode=c-shared", "-o", "guest.wasm", "."],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert built.returncode == 0, built.stderr
     module = engine.compile((tmp_path / "guest.wasm").read_bytes())

@@ -71,7 +71,9 @@ class ModuleCache:
         tmp_name = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{digest[:16]}-", suffix=".tmp", dir=self.directory)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{digest[:16]}-", suffix=".tmp", dir=self.directory
+            )
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(MAGIC)
                 tmp.write(hashlib.sha256(payload).digest())

@@ -38,7 +38,11 @@ memory_data_size = _lean("wasmtime_memory_data_size", ctypes.c_size_t)
 #: Arguments and results share one array of 16-byte `wasmtime_val_raw_t` slots, seen
 #: here as int64 words: slot i is word 2*i.
 HostCallback = ctypes.CFUNCTYPE(
-    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int64),
+    ctypes.c_size_t,
 )
 
 _define_func_unchecked = ctypes.CFUNCTYPE(

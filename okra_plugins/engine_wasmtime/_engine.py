@@ -79,7 +79,9 @@ class WasmtimeEngine:
                 "to disable the compiled-module cache"
             )
         self.cache = ModuleCache(cache_dir, self.config_key()) if cache_dir is not None else None
-        self._loaded: weakref.WeakValueDictionary[str, WasmtimeModule] = weakref.WeakValueDictionary()
+        self._loaded: weakref.WeakValueDictionary[str, WasmtimeModule] = (
+            weakref.WeakValueDictionary()
+        )
         self._functypes: dict[tuple, wasmtime.FuncType] = {}
         self._lock = threading.Lock()
 
@@ -167,6 +169,7 @@ def create_engine(**options: Any) -> WasmtimeEngine:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown option {', '.join(unknown)} for engine wasmtime (it takes: {', '.join(known)})"
+            f"unknown option {', '.join(unknown)} for engine wasmtime "
+            f"(it takes: {', '.join(known)})"
         )
     return WasmtimeEngine(**options)

@@ -158,7 +158,9 @@ class WasmtimeInstance:
         ptr = self._words[0] & _U32
         self._remap(_memory_data(self._ctx, self._mem), _memory_data_size(self._ctx, self._mem))
         if ptr == 0:
-            self._fault(f"okra_buffer({size}) returned 0: the guest could not allocate the request buffer")
+            self._fault(
+                f"okra_buffer({size}) returned 0: the guest could not allocate the request buffer"
+            )
         if ptr + size > self._size:
             self._fault(
                 f"okra_buffer({size}) returned a buffer at {ptr}..{ptr + size}, outside the "
@@ -172,7 +174,9 @@ class WasmtimeInstance:
         if state == "closed":
             raise GuestFault(f"cannot call {what}: the instance is closed")
         if state in ("trapped", "faulted"):
-            raise GuestFault(f"cannot call {what}: the instance {state} earlier and must be discarded")
+            raise GuestFault(
+                f"cannot call {what}: the instance {state} earlier and must be discarded"
+            )
 
     def _call(self, func: ctypes.c_void_p, what: str) -> None:
         err = _func_call(self._ctx, func, self._args, _SLOTS, self._trap_slot)

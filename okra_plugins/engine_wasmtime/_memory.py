@@ -39,7 +39,9 @@ class WasmtimeMemory:
         """The host address of [ptr, ptr+length), or HostError if it is not all memory."""
         ctx = self._ctx
         if ctx is None:
-            raise HostError(StatusCode.FAILED_PRECONDITION, "the instance's memory is not available")
+            raise HostError(
+                StatusCode.FAILED_PRECONDITION, "the instance's memory is not available"
+            )
         size = _memory_data_size(ctx, self._mem)
         if ptr < 0 or length < 0 or ptr + length > size:
             raise HostError(

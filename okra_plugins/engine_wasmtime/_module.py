@@ -116,7 +116,9 @@ class WasmtimeModule:
         except wasmtime.Trap as trap:
             raise GuestTrap(f"instantiation: {one_line(trap.message)}") from None
         except wasmtime.ExitTrap as exc:
-            raise GuestTrap(f"instantiation: the guest exited with status {exc.code} (proc_exit)") from None
+            raise GuestTrap(
+                f"instantiation: the guest exited with status {exc.code} (proc_exit)"
+            ) from None
         except wasmtime.WasmtimeError as exc:
             raise DeployError(f"cannot link the module: {one_line(str(exc))}") from None
 
@@ -163,6 +165,5 @@ class WasmtimeModule:
             if imp.qualified_name not in provided:
                 raise CapabilityError(
                     f"module imports {imp.qualified_name}, which is not linked on this host: "
-                    "grant its host API in the manifest (\"host_apis\" in okra.service.json)"
+                    'grant its host API in the manifest ("host_apis" in okra.service.json)'
                 )
-

@@ -41,7 +41,9 @@ def fd_write_callback(memory: WasmtimeMemory, stdio: StdioSink) -> _capi.HostCal
             iovs, count, nwritten = p[2] & _U32, p[4] & _U32, p[6] & _U32
             try:
                 table = memory.read(iovs, 8 * count)
-                data = b"".join(memory.read(ptr, length) for ptr, length in _IOVEC.iter_unpack(table))
+                data = b"".join(
+                    memory.read(ptr, length) for ptr, length in _IOVEC.iter_unpack(table)
+                )
                 memory.write(nwritten, _SIZE.pack(len(data)))
             except HostError:
                 p[0] = ERRNO_FAULT
