@@ -38,7 +38,8 @@
 #   - a bug in a host function -> -INTERNAL, logged
 #   - a host function returning a non-int traps the guest instead of crashing
 #   - each instance's host functions see that instance's HostContext
-#   - ctx.memory is a bounds-checked GuestMemory
+#   - ctx.memory is a bounds-checked GuestMemory, refusing access once its instance
+#     is closed or dropped
 # WASI
 #   - fd_write to stdout/stderr reaches the stdio sink (also from _initialize), in
 #     order, with iovecs gathered; other fds are EBADF
@@ -498,6 +499,14 @@ def test_host_functions_see_their_own_instance_context(engine):
     instances[1].handle(request(b"x"))
     instances[0].handle(request(b"y"))
     assert seen == [contexts[1], contexts[0]]
+
+
+def test_context_memory_of_a_dropped_instance_refuses_access(engine):
+    instance, context = start_hostcall(engine)
+    del instance
+    with pytest.raises(HostError) as caught:
+        context.memory.read(0, 1)
+    assert caught.value.code == StatusCode.FAILED_PRECONDITION
 
 
 def test_context_memory_is_a_bounds_checked_guest_memory(engine):

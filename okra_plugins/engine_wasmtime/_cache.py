@@ -26,9 +26,9 @@ def default_cache_dir() -> pathlib.Path:
     """`$OKRA_CACHE_DIR`, else `$XDG_CACHE_HOME/okra/modules`, else `~/.cache/okra/modules`."""
     explicit = os.environ.get("OKRA_CACHE_DIR")
     if explicit:
-        return pathlib.Path(explicit)
+        return pathlib.Path(explicit).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
     return base / "okra" / "modules"
 
 
@@ -36,7 +36,7 @@ class ModuleCache:
     """Compiled modules in `directory`, for one engine configuration (`config_key`)."""
 
     def __init__(self, directory: str | os.PathLike, config_key: str):
-        self.directory = pathlib.Path(directory)
+        self.directory = pathlib.Path(directory).expanduser()
         self.config_key = config_key
 
     def path(self, digest: str) -> pathlib.Path:

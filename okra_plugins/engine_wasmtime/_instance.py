@@ -140,6 +140,14 @@ class WasmtimeInstance:
         self._memory_export = None
         self._callbacks = []
 
+    def __del__(self):
+        # An instance dropped without close(): its store goes with it, so the memory
+        # handle its HostContext still holds must not point into it any more.
+        try:
+            self._memory.unbind()
+        except Exception:
+            pass
+
     # -- set-up and slow paths --------------------------------------------------------
 
     def start(self, initial_buffer: int) -> None:
