@@ -239,12 +239,14 @@ def plugins(as_json: bool):
 
 
 def _load_plugin_commands() -> None:
-    from okra_core.plugins import get_registry
+    """Commands from plugins. A plugin that fails to load is reported once, by the
+    command that needs it, so only print a warning here if commands cannot load."""
+    from okra_core.plugins import get_plugin_manager
 
     try:
-        get_registry().pm.hook.register_commands(cli=cli)
+        get_plugin_manager().hook.register_commands(cli=cli)
     except OkraError as exc:
-        err.print(f"[yellow]warning:[/] {exc}")
+        err.print(f"[yellow]warning:[/] {_escape(str(exc))}", soft_wrap=True)
 
 
 _load_plugin_commands()

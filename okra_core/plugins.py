@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import os
 import threading
 from collections.abc import Callable
@@ -112,18 +113,38 @@ def make_plugin_manager(*, entrypoints: bool | None = None) -> pluggy.PluginMana
     if entrypoints is None:
         entrypoints = not os.environ.get("OKRA_DISABLE_ENTRYPOINTS")
     if entrypoints:
-        pm.load_setuptools_entrypoints("okra")
+        for entry_point in importlib.metadata.entry_points(group="okra"):
+            if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
+                continue
+            try:
+                plugin = entry_point.load()
+                pm.register(plugin, name=entry_point.name)
+            except Exception as exc:
+                dist = entry_point.dist.name if entry_point.dist else "?"
+                raise PluginError(
+                    f"plugin {entry_point.name!r} (from {dist}) failed to load: {exc}"
+                ) from exc
     return pm
 
 
+_default_pm: pluggy.PluginManager | None = None
 _default: Registry | None = None
-_lock = threading.Lock()
+_lock = threading.RLock()
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _default_pm
+    with _lock:
+        if _default_pm is None:
+            _default_pm = make_plugin_manager()
+        return _default_pm
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, loaded on first use."""
+    """The process-wide registry of what the plugins provide, built on first use."""
     global _default
     with _lock:
         if _default is None:
-            _default = Registry(make_plugin_manager())
+            _default = Registry(get_plugin_manager())
         return _default
