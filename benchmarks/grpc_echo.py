@@ -31,7 +31,7 @@ import grpc  # noqa: E402
 from google.protobuf import descriptor_pb2  # noqa: E402
 
 from okra_core.descriptors import load_descriptor_set, service_schema  # noqa: E402
-from okra_plugins.transport_grpc._transport import GrpcTransport  # noqa: E402
+from okra_plugins.transport_grpc._transport import DEFAULT_MAX_MESSAGE_SIZE, GrpcTransport  # noqa: E402
 
 SERVICE = "bench.v1.Echo"
 PATH = f"/{SERVICE}/Echo"
@@ -79,12 +79,62 @@ async def start_plain_server() -> tuple[grpc.aio.Server, int]:
         PlainCounter.calls += 1
         return request
 
-    server = grpc.aio.server()
+    # The same channel options as the transport's, so only the handler path differs.
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_SIZE),
+        ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_SIZE),
+        ("grpc.so_reuseport", 0),
+    ])
     handler = grpc.unary_unary_rpc_method_handler(echo)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
+
+
+class _Context:
+    """What the transport's handler reads from grpc's ServicerContext on a call."""
+
+    _metadata = (("user-agent", "grpc-python-asyncio/1.85 grpc-c/58.0.0 (linux; chttp2)"),
+                 ("x-request-id", "0123456789"))
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def time_remaining(self):
+        return 29.9
+
+
+class _Details:
+    method = PATH
+    invocation_metadata = _Context._metadata
+
+
+def handler_cost(runtime: EchoRuntime, payload: bytes, n: int = 200_000) -> tuple[float, float]:
+    """Microseconds per call spent in the transport's own Python code (handler lookup,
+    metadata filter, deadline, invoke) and in a plain echo handler, run without grpc."""
+    from okra_plugins.transport_grpc._router import DynamicRouter
+
+    router = DynamicRouter(runtime)
+    context, details = _Context(), _Details()
+
+    async def plain(request, context):
+        return request
+
+    def run(lookup) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            coroutine = lookup(details).unary_unary(payload, context)
+            try:
+                coroutine.send(None)
+            except StopIteration:
+                pass
+        return (time.perf_counter() - started) / n * 1e6
+
+    plain_handler = grpc.unary_unary_rpc_method_handler(plain)
+    generic = grpc.method_handlers_generic_handler(SERVICE, {"Echo": plain_handler})
+    run(router.service), run(generic.service)  # warm up
+    return run(router.service), run(generic.service)
 
 
 # -- load (runs in a child process) ------------------------------------------------------
@@ -156,9 +206,9 @@ async def main() -> None:
     runtime = EchoRuntime()
     blob = runtime.schema(SERVICE).methods["Echo"].input_class
     payload = blob(data=b"x" * max(args.size - 3, 0)).SerializeToString()
+    plain, plain_port = await start_plain_server()
     okra = GrpcTransport()
     _, okra_port = await okra.start(runtime, "127.0.0.1", 0)
-    plain, plain_port = await start_plain_server()
     targets = {"plain grpc.aio": plain_port, "okra transport": okra_port}
     results: dict[str, dict[str, list[float]]] = {"grpcio": {t: [] for t in targets}}
 
@@ -169,31 +219,44 @@ async def main() -> None:
     body.close()
     if h2load:
         results["h2load"] = {t: [] for t in targets}
+    cpu_per_call = {client: {t: [] for t in targets} for client in results}
     try:
         for _ in range(args.rounds):
             for name, port in targets.items():
-                results["grpcio"][name].append(await grpcio_rate(port, args.seconds, args.concurrency, payload))
-                if h2load:
-                    # h2load sees HTTP 200 even for a failed gRPC call: check the
-                    # server really answered (at least the calls h2load counted).
-                    before = counters[name]()
-                    rate = await h2load_rate(h2load, port, args.seconds, args.concurrency, body.name)
-                    served = counters[name]() - before
-                    if served < rate * max(1, round(args.seconds)) * 0.9:
-                        raise RuntimeError(f"{name}: h2load reports {rate:.0f}/s but the server handled {served} calls")
-                    results["h2load"][name].append(rate)
+                for client in results:
+                    calls, cpu = counters[name](), time.process_time()
+                    if client == "grpcio":
+                        rate = await grpcio_rate(port, args.seconds, args.concurrency, payload)
+                        seconds = args.seconds
+                    else:
+                        rate = await h2load_rate(h2load, port, args.seconds, args.concurrency, body.name)
+                        seconds = max(1, round(args.seconds))
+                    served = counters[name]() - calls
+                    # h2load sees HTTP 200 even for a failed gRPC call: check that the
+                    # server really answered the calls it counted.
+                    if served < rate * seconds * 0.9:
+                        raise RuntimeError(f"{name}: {client} reports {rate:.0f}/s but the server handled {served} calls")
+                    results[client][name].append(rate)
+                    cpu_per_call[client][name].append((time.process_time() - cpu) / served * 1e6)
     finally:
         Path(body.name).unlink()
         await okra.stop(0)
         await plain.stop(0)
 
     print(f"unary echo, {len(payload)}-byte request, {args.concurrency} in flight, "
-          f"{args.rounds} x {args.seconds:g} s per server (median calls/s)")
+          f"{args.rounds} x {args.seconds:g} s per server; medians of calls/s and of the "
+          "serving process's CPU time per call (all its threads, warm-up included)")
     for client, by_target in results.items():
         plain_rate = statistics.median(by_target["plain grpc.aio"])
         okra_rate = statistics.median(by_target["okra transport"])
-        print(f"  {client:7s} plain grpc.aio {plain_rate:9.0f}/s   okra transport {okra_rate:9.0f}/s   "
-              f"ratio {okra_rate / plain_rate:.2f}")
+        plain_cpu = statistics.median(cpu_per_call[client]["plain grpc.aio"])
+        okra_cpu = statistics.median(cpu_per_call[client]["okra transport"])
+        print(f"  {client:7s} plain grpc.aio {plain_rate:7.0f}/s {plain_cpu:6.0f} us CPU   "
+              f"okra transport {okra_rate:7.0f}/s {okra_cpu:6.0f} us CPU   "
+              f"ratio {okra_rate / plain_rate:.2f} (rate), {okra_cpu / plain_cpu:.2f} (CPU)")
+    okra_us, plain_us = handler_cost(runtime, payload)
+    print(f"  handler code alone, no grpc: plain {plain_us:.2f} us/call, okra transport {okra_us:.2f} us/call "
+          f"(+{okra_us - plain_us:.2f} us)")
 
 
 if __name__ == "__main__":
