@@ -239,14 +239,14 @@ def plugins(as_json: bool):
 
 
 def _load_plugin_commands() -> None:
-    """Commands from plugins. A plugin that fails to load is reported once, by the
-    command that needs it, so only print a warning here if commands cannot load."""
+    """Commands from plugins. A plugin that fails to load is reported once, as the
+    error of the first command that needs the plugins, not here."""
     from okra_core.plugins import get_plugin_manager
 
     try:
         get_plugin_manager().hook.register_commands(cli=cli)
-    except OkraError as exc:
-        err.print(f"[yellow]warning:[/] {_escape(str(exc))}", soft_wrap=True)
+    except OkraError:
+        pass
 
 
 _load_plugin_commands()
