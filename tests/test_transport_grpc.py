@@ -598,6 +598,7 @@ async def test_one_stream_keeps_asking_the_package_it_started_with(served, other
     for first, then_field in ((OTHER, "owner"), (ECHO, "level")):
         await stream.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=first))
         await stream.read()
+        served.deploy_echo()  # a redeploy elsewhere does not reset the stream's preference
         await stream.write(reflection_pb2.ServerReflectionRequest(file_by_filename="okratest/v1/common.proto"))
         common = files_of(await stream.read())["okratest/v1/common.proto"]
         assert common.message_type[0].field[1].name == then_field

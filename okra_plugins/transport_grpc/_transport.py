@@ -115,24 +115,24 @@ class GrpcTransport:
         if self._stopped:
             return
         self._router.forget()
-        self._filesets.clear()
         if self._health is not None:
             self._health.on_event(event, service)
 
     def _deployed_filesets(self) -> list[FileSet]:
-        """One file set per deployed package (services of one package share theirs)."""
-        sets: list[FileSet] = []
+        """One file set per deployed package (services of one package share theirs).
+        File sets are kept while their package stays deployed, so a reflection stream's
+        preference for a package survives other packages' deploys."""
+        current: dict[bytes, FileSet] = {}
         for service in self._runtime.services():
             schema = self._runtime.schema(service)
-            if schema is None:
+            if schema is None or schema.descriptor_set in current:
                 continue
             fileset = self._filesets.get(schema.descriptor_set)
             if fileset is None:
                 fileset = FileSet.from_descriptor_set(schema.descriptor_set, schema.pool)
-                self._filesets[schema.descriptor_set] = fileset
-            if fileset not in sets:
-                sets.append(fileset)
-        return sets
+            current[schema.descriptor_set] = fileset
+        self._filesets = current
+        return list(current.values())
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
