@@ -755,3 +755,17 @@ def test_unwritable_cache_dir_only_warns(tmp_path, caplog):
     assert "cannot write compiled-module cache entry" in caplog.text
     instance = module.instantiate(abi.abi_functions(), Sink(), new_context())
     assert abi.decode_response(instance.handle(request(b"ok")))[0] == b"ok"
+
+
+def test_cache_others_may_write_is_never_loaded_from(tmp_path, caplog):
+    # Loading compiled code runs it: a cache another user could write is not trusted.
+    cache = tmp_path / "shared"
+    create_engine(cache_dir=cache).compile(wasm("echo"))
+    assert cache.stat().st_mode & 0o777 == 0o700
+    cache.chmod(0o777)
+    with caplog.at_level(logging.WARNING):
+        module = create_engine(cache_dir=cache).compile(wasm("echo"))
+    assert module.from_cache is False
+    assert "must be owned by this user and not writable by group or others" in caplog.text
+    cache.chmod(0o700)
+    assert create_engine(cache_dir=cache).compile(wasm("echo")).from_cache is True

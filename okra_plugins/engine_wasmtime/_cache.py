@@ -6,6 +6,10 @@ code (wasmtime version, engine settings, CPU), so a changed module, engine or se
 never reuses a stale entry. Entries are written to a temporary file and renamed into
 place, so readers never see half an entry; each carries a checksum, so a damaged entry
 is detected, dropped and recompiled rather than handed to wasmtime.
+
+Loading compiled code is trusted by wasmtime: whoever can write the cache can run code
+in this process. So the directory is created private (0700), and a directory that
+another user owns or that group or others may write is not read from at all.
 """
 
 from __future__ import annotations
@@ -38,6 +42,25 @@ class ModuleCache:
     def __init__(self, directory: str | os.PathLike, config_key: str):
         self.directory = pathlib.Path(directory).expanduser()
         self.config_key = config_key
+        self._warned = False
+
+    def trusted(self) -> bool:
+        """Whether entries may be loaded: the directory is ours and only we may write it."""
+        try:
+            info = self.directory.stat()
+        except OSError:
+            return False
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "not using compiled-module cache %s: it must be owned by this user and "
+                    "not writable by group or others (chmod 700 %s)",
+                    self.directory,
+                    self.directory,
+                )
+            return False
+        return True
 
     def path(self, digest: str) -> pathlib.Path:
         return self.directory / f"{digest}-{self.config_key}.cwasm"
@@ -46,6 +69,8 @@ class ModuleCache:
         """The compiled bytes for the module with sha256 `digest`, or None (a miss, or an
         entry that was unreadable or damaged and has been removed)."""
         path = self.path(digest)
+        if not self.trusted():
+            return None
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -70,7 +95,7 @@ class ModuleCache:
         path = self.path(digest)
         tmp_name = None
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(
                 prefix=f".{digest[:16]}-", suffix=".tmp", dir=self.directory
             )
