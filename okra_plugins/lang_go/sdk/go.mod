@@ -1,0 +1,3 @@
+module okra.dev/sdk/okra
+
+go 1.24
