@@ -3,12 +3,17 @@
 Both servers run side by side in this process, on one event loop: the OKRA transport over
 a trivial runtime whose `invoke` returns the request (so only the transport is measured:
 dynamic routing, metadata filtering, deadline, status mapping), and a plain grpc.aio
-server whose generic handler returns the request bytes. Load comes from another process
-(so client and server each get a core): a grpcio asyncio client with N calls in flight,
-and h2load too when it is installed (Debian `nghttp2-client`). Rounds alternate between
-the two servers so drift hits both alike.
+server whose generic handler returns the request bytes, with the same channel options.
+With `--wasm`, a third server is the whole stack: the transport over the real runtime
+and the wasmtime engine, running the echo guest of tests/fixtures/echo.wat.
 
-    python benchmarks/grpc_echo.py [--seconds 3] [--concurrency 16] [--rounds 2] [--size 100]
+Load comes from another process (so client and server each get a core): a grpcio asyncio
+client with N calls in flight, and h2load too when it is installed (Debian
+`nghttp2-client`). Rounds alternate between the servers so drift hits all alike. Besides
+calls/s it reports the serving process's CPU time per call, which other load on the
+machine disturbs less, and the cost of the transport's handler code alone.
+
+    python benchmarks/grpc_echo.py [--seconds 3] [--concurrency 16] [--rounds 2] [--size 100] [--wasm]
 """
 
 from __future__ import annotations
@@ -72,6 +77,41 @@ class EchoRuntime:
 
 class PlainCounter:
     calls = 0
+
+
+class FullStackCounter:
+    calls = 0
+
+
+async def start_full_stack():
+    """The transport over the real runtime, serving tests/fixtures/echo.wat as
+    bench.v1.Echo (its echo of a Blob request is a valid Blob response)."""
+    import wasmtime
+
+    from okra_core.config import RuntimeConfig
+    from okra_core.manifest import Manifest, PoolConfig
+    from okra_core.package import load_package, package_bytes
+    from okra_core.runtime import Runtime
+
+    root = Path(__file__).resolve().parent.parent
+    wasm = wasmtime.wat2wasm((root / "tests" / "fixtures" / "echo.wat").read_text())
+    manifest = Manifest(name="bench-echo", version="1.0.0", abi_version=1, services=(SERVICE,),
+                        host_apis={}, pool=PoolConfig(1, 4), digests={}, language=None)
+    package = load_package(package_bytes(manifest=manifest, wasm=wasm, descriptor_set=descriptor_set()))
+    cache = tempfile.TemporaryDirectory()
+    runtime = Runtime(RuntimeConfig(engine_options={"cache_dir": cache.name}))
+    await runtime.start()
+    await runtime.deploy(package)
+    invoke = runtime.invoke
+
+    async def counted(*args, **kwargs):
+        FullStackCounter.calls += 1
+        return await invoke(*args, **kwargs)
+
+    runtime.invoke = counted
+    transport = GrpcTransport()
+    _, port = await transport.start(runtime, "127.0.0.1", 0)
+    return runtime, transport, port, cache
 
 
 async def start_plain_server() -> tuple[grpc.aio.Server, int]:
@@ -201,6 +241,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
     parser.add_argument("--size", type=int, default=100, help="request message bytes")
     parser.add_argument("--no-h2load", action="store_true")
+    parser.add_argument("--wasm", action="store_true", help="also the full stack with a wasm echo guest")
     args = parser.parse_args()
 
     runtime = EchoRuntime()
@@ -210,9 +251,13 @@ async def main() -> None:
     okra = GrpcTransport()
     _, okra_port = await okra.start(runtime, "127.0.0.1", 0)
     targets = {"plain grpc.aio": plain_port, "okra transport": okra_port}
+    if args.wasm:
+        full_runtime, full, full_port, cache = await start_full_stack()
+        targets["okra + wasm echo"] = full_port
     results: dict[str, dict[str, list[float]]] = {"grpcio": {t: [] for t in targets}}
 
-    counters = {"plain grpc.aio": lambda: PlainCounter.calls, "okra transport": lambda: runtime.calls}
+    counters = {"plain grpc.aio": lambda: PlainCounter.calls, "okra transport": lambda: runtime.calls,
+                "okra + wasm echo": lambda: FullStackCounter.calls}
     h2load = None if args.no_h2load else shutil.which("h2load")
     body = tempfile.NamedTemporaryFile(suffix=".grpc", delete=False)
     body.write(struct.pack(">BI", 0, len(payload)) + payload)
@@ -242,18 +287,23 @@ async def main() -> None:
         Path(body.name).unlink()
         await okra.stop(0)
         await plain.stop(0)
+        if args.wasm:
+            await full.stop(0)
+            await full_runtime.close(1)
+            cache.cleanup()
 
     print(f"unary echo, {len(payload)}-byte request, {args.concurrency} in flight, "
           f"{args.rounds} x {args.seconds:g} s per server; medians of calls/s and of the "
           "serving process's CPU time per call (all its threads, warm-up included)")
     for client, by_target in results.items():
         plain_rate = statistics.median(by_target["plain grpc.aio"])
-        okra_rate = statistics.median(by_target["okra transport"])
         plain_cpu = statistics.median(cpu_per_call[client]["plain grpc.aio"])
-        okra_cpu = statistics.median(cpu_per_call[client]["okra transport"])
-        print(f"  {client:7s} plain grpc.aio {plain_rate:7.0f}/s {plain_cpu:6.0f} us CPU   "
-              f"okra transport {okra_rate:7.0f}/s {okra_cpu:6.0f} us CPU   "
-              f"ratio {okra_rate / plain_rate:.2f} (rate), {okra_cpu / plain_cpu:.2f} (CPU)")
+        print(f"  {client}: {'plain grpc.aio':16s} {plain_rate:7.0f}/s {plain_cpu:5.0f} us CPU/call")
+        for name in list(targets)[1:]:
+            rate = statistics.median(by_target[name])
+            cpu = statistics.median(cpu_per_call[client][name])
+            print(f"  {client}: {name:16s} {rate:7.0f}/s {cpu:5.0f} us CPU/call   "
+                  f"ratio to plain {rate / plain_rate:.2f} (rate), {cpu / plain_cpu:.2f} (CPU)")
     okra_us, plain_us = handler_cost(runtime, payload)
     print(f"  handler code alone, no grpc: plain {plain_us:.2f} us/call, okra transport {okra_us:.2f} us/call "
           f"(+{okra_us - plain_us:.2f} us)")
