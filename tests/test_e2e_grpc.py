@@ -12,6 +12,8 @@
 # - as a user runs it: `okra serve PACKAGE --grpc-port 0` in a subprocess, `okra call`
 #   (JSON through reflection, and --package), health over grpcio, SIGTERM stops it
 #   cleanly with health going NOT_SERVING first.
+# - the Go greeter that `okra init --lang go` creates, built with `okra build`: greets
+#   over grpcio, call_json and buf curl; its InvalidArgument error reaches the client.
 
 from __future__ import annotations
 
@@ -201,3 +203,52 @@ def test_okra_serve_and_okra_call(package_path, tmp_path):
 
     result = okra("call", f"{ECHO}/Say", "--address", address, "--timeout", "5")
     assert result.returncode == 1 and "UNAVAILABLE: nothing answers at" in result.stderr
+
+
+# -- the Go greeter of `okra init` -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def greeter_package(tmp_path_factory):
+    from okra_core.build import build_project
+
+    project = tmp_path_factory.mktemp("go") / "greeter"
+    result = okra("init", "greeter", "--lang", "go", "--dir", str(project), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return load_package(build_project(project).path)
+
+
+async def test_go_greeter_answers_every_client(greeter_package, tmp_path):
+    runtime = Runtime(RuntimeConfig(engine_options={"cache_dir": str(tmp_path / "cache")}))
+    await runtime.start()
+    transport = GrpcTransport()
+    try:
+        assert await runtime.deploy(greeter_package) == ["greeter.v1.Greeter"]
+        _, port = await transport.start(runtime, "127.0.0.1", 0)
+        address = f"127.0.0.1:{port}"
+        method = runtime.schema("greeter.v1.Greeter").methods["SayHello"]
+
+        async with grpc.aio.insecure_channel(address) as channel:
+            raw = await channel.unary_unary(method.full_path)(
+                method.input_class(name="Ada").SerializeToString(), timeout=10
+            )
+        assert method.output_class.FromString(raw).message == "Hello, Ada!"
+
+        text = await asyncio.to_thread(call_json, address, "greeter.v1.Greeter/SayHello", '{"name": "Grace"}')
+        assert json.loads(text) == {"message": "Hello, Grace!"}
+
+        with pytest.raises(RpcError) as info:
+            await asyncio.to_thread(call_json, address, "greeter.v1.Greeter/SayHello", "{}")
+        assert info.value.code == StatusCode.INVALID_ARGUMENT
+        assert "name must not be empty" in info.value.message
+
+        process = await asyncio.create_subprocess_exec(
+            BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--data", '{"name": "Linus"}',
+            f"http://{address}/greeter.v1.Greeter/SayHello", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        assert json.loads(out) == {"message": "Hello, Linus!"}
+    finally:
+        await transport.stop(1)
+        await runtime.close(1)

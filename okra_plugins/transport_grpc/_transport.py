@@ -100,7 +100,7 @@ class GrpcTransport:
             await self._health.start(runtime.services())
         await server.start()
         self._server = server
-        log.info("gRPC listening on %s", _join(host, bound))
+        log.debug("gRPC listening on %s", _join(host, bound))
         return host, bound
 
     async def stop(self, grace: float) -> None:
