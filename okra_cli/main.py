@@ -118,6 +118,14 @@ def server_options(command):
             help="gRPC port; 0 picks a free one.",
         ),
         click.option(
+            "--grpc-max-message-size", default="4MiB", show_default=True, metavar="SIZE",
+            help="Largest gRPC request or response (e.g. 512KiB, 16MiB); larger ones get RESOURCE_EXHAUSTED.",
+        ),
+        click.option(
+            "--grpc-allow-header", "grpc_allow_headers", multiple=True, metavar="NAME",
+            help="Forward this secret-looking request header to guests (repeat; see docs/transports.md).",
+        ),
+        click.option(
             "--allow-host-api", "allowed", multiple=True, metavar="NAMESPACE",
             help="Operator policy: host APIs guests may be granted (repeat; default: all installed).",
         ),
@@ -134,7 +142,10 @@ def server_options(command):
     return command
 
 
-def _serve(packages, *, host, grpc_port, allowed, engine, cache_dir, log_level, grace):
+def _serve(
+    packages, *, host, grpc_port, grpc_max_message_size, grpc_allow_headers, allowed, engine,
+    cache_dir, log_level, grace,
+):
     from okra_core.config import RuntimeConfig
     from okra_core.serve import Listener, Server, serve_until_signalled
 
@@ -145,7 +156,9 @@ def _serve(packages, *, host, grpc_port, allowed, engine, cache_dir, log_level, 
         engine_options=options,
         allowed_host_apis=frozenset(allowed) if allowed else None,
     )
-    server = Server(packages, [Listener("grpc", host, grpc_port)], config=config, grace=grace)
+    grpc_options = {"max_message_size": grpc_max_message_size, "allow_headers": grpc_allow_headers}
+    listeners = [Listener("grpc", host, grpc_port, grpc_options)]
+    server = Server(packages, listeners, config=config, grace=grace)
 
     def ready(server: Server) -> None:
         for name, bound_host, port in server.addresses:

@@ -114,6 +114,11 @@ class Runtime:
         """`listener(event, service)` for "deployed" and "undeployed", on the loop."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling a listener given to `subscribe` (no error if it is not there)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _emit(self, event: str, service: str) -> None:
         for listener in self._listeners:
             try:

@@ -12,7 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from okra_core.config import RuntimeConfig
 from okra_core.package import Package
@@ -25,11 +26,12 @@ log = logging.getLogger("okra.serve")
 
 @dataclasses.dataclass(frozen=True)
 class Listener:
-    """A transport to open: its plugin name, and where."""
+    """A transport to open: its plugin name, where, and the transport's own options."""
 
     transport: str
     host: str = "127.0.0.1"
     port: int = 0
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Server:
@@ -54,12 +56,16 @@ class Server:
         self.addresses: list[tuple[str, str, int]] = []
 
     async def start(self) -> None:
+        # Transports are created first, so bad transport options fail before any deploy.
+        transports = [
+            self.registry.transport(listener.transport, **listener.options)
+            for listener in self.listeners
+        ]
         await self.runtime.start()
         try:
             for package in self.packages:
                 await self.runtime.deploy(package)
-            for listener in self.listeners:
-                transport = self.registry.transport(listener.transport)
+            for listener, transport in zip(self.listeners, transports):
                 host, port = await transport.start(self.runtime, listener.host, listener.port)
                 self.transports.append(transport)
                 self.addresses.append((listener.transport, host, port))

@@ -181,3 +181,12 @@ def test_plugin_that_fails_to_import_is_named_in_one_line(tmp_path):
     env = install_plugin(tmp_path, "import no_such_module_anywhere\n")
     result = okra("plugins", env=env)
     assert_one_line_error(result, "plugin 'demo' (from okra_demo_plugin) failed to load: No module named 'no_such_module_anywhere'")
+
+
+def test_bad_transport_option_is_one_line(tmp_path):
+    descriptors = compile_protos(tmp_path, ["greeter/v1/greeter.proto"])
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
+    package = write_package(tmp_path / "echo.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors)
+    result = okra("serve", str(package), "--grpc-port", "0", "--grpc-max-message-size", "lots",
+                  env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
+    assert_one_line_error(result, "lots")

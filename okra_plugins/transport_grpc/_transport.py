@@ -107,6 +107,9 @@ class GrpcTransport:
         if self._server is None or self._stopped:
             return
         self._stopped = True
+        unsubscribe = getattr(self._runtime, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self._on_event)
         if self._health is not None:
             await self._health.shut_down()
         await self._server.stop(grace)
