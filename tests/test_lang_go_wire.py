@@ -12,7 +12,8 @@
 # - each kind of malformed input (truncation, bad lengths, invalid wire types, bad groups,
 #   invalid UTF-8, bad packed data, excessive nesting) is rejected by Python and answered
 #   INVALID_ARGUMENT by Go, without a trap: the instance keeps serving.
-# - a known field sent with the wrong wire type is skipped, as Python does.
+# - a known field sent with the wrong wire type is skipped, as Python does; so is a map
+#   entry holding unknown fields (upb keeps it as an unknown field of the message).
 # - tricky names (tricky.v1) round-trip through their generated Go types.
 # - errors: every status code and its message reach the caller; a panic becomes INTERNAL
 #   and the instance survives; invalid UTF-8 in a response string field is INTERNAL;
@@ -311,6 +312,16 @@ def test_known_field_with_the_wrong_wire_type_is_skipped_like_python(guest, type
     expected.DiscardUnknownFields()
     reply = guest.call("Echo", payload)
     assert reply.code == 0
+    assert_same(types("wire.v1.Everything").FromString(reply.output), expected)
+
+
+def test_map_entry_with_unknown_fields_is_dropped_like_python(guest, types):
+    # m_string_string (40) entries: {"k": "v"} plus an unknown field 3, then {"x": "y"}
+    payload = b"\xc2\x02\x08\x0a\x01k\x12\x01v\x18\x01" + b"\xc2\x02\x06\x0a\x01x\x12\x01y"
+    expected = types("wire.v1.Everything").FromString(payload)
+    expected.DiscardUnknownFields()
+    assert dict(expected.m_string_string) == {"x": "y"}  # upb keeps the odd entry as unknown
+    reply = guest.call("Echo", payload)
     assert_same(types("wire.v1.Everything").FromString(reply.output), expected)
 
 

@@ -398,13 +398,16 @@ class _FileWriter:
     def unmarshal(self, t: GoType) -> None:
         w = self.w
         w()
-        w("// Unmarshal replaces the contents of m with the message decoded from b.")
+        w("// Unmarshal replaces the contents of m with the message decoded from b. It decodes")
+        w("// from one copy of b, which the string and bytes fields of m then share; b is not")
+        w("// kept.")
         with w.block(f"func (m *{t.go_name}) Unmarshal(b []byte) error"):
             w("m.Reset()")
-            w("return m.UnmarshalMerge(b, 0)")
+            w("return m.UnmarshalMerge(append([]byte(nil), b...), 0)")
         w()
         w("// UnmarshalMerge decodes b into m, merging it with what m holds, as protobuf")
         w("// does when a message occurs twice. depth is m's nesting depth (0 at the top).")
+        w("// The string and bytes fields of m alias b: b must not change afterwards.")
         with w.block(f"func (m *{t.go_name}) UnmarshalMerge(b []byte, depth int) error"):
             self._decode_loop(t.full_name, lambda: [self.decode_field(t, f) for f in t.fields])
         for field in t.fields:
@@ -496,14 +499,15 @@ class _FileWriter:
                     if scalar.fixed_size:
                         with w.block(f"if len(p)%{scalar.fixed_size} != 0"):
                             w(f'return wireError("{type_name}", errCodeTruncated)')
-                        w(f"{target} = grow({target}, len(p)/{scalar.fixed_size})")
+                        w(f"s := grow({target}, len(p)/{scalar.fixed_size})")
                     else:
-                        w(f"{target} = grow({target}, countVarints(p))")
+                        w(f"s := grow({target}, countVarints(p))")
                     with w.block("for len(p) > 0"):
                         w(f"v, k := {CONSUME[scalar.wire]}(p)")
                         self._check_n(type_name, "k")
-                        w(f"{target} = append({target}, {value})")
+                        w(f"s = append(s, {value})")
                         w("p = p[k:]")
+                    w(f"{target} = s")
                     w("b = b[n:]")
                     w("continue")
                     w.depth -= 1
@@ -537,6 +541,7 @@ class _FileWriter:
         with w.block(f"func {self._entry_func(t, field)}(dst {self.field_type(field)}, b []byte, depth int) error"):
             w(f"var key {self.value_type(key)}")
             w(f"var value {self.value_type(value)}")
+            w("unknown := false")
 
             def cases():
                 for number, part, name in ((1, key, "key"), (2, value, "value")):
@@ -558,14 +563,19 @@ class _FileWriter:
                     w("continue")
                     w.depth -= 1
 
-            self._decode_loop_body(entry_name, cases)
+            self._decode_loop_body(entry_name, cases, on_unknown="unknown = true")
+            with w.block("if unknown"):
+                # As upb (Python's protobuf) does: an entry with unknown fields is kept as
+                # an unknown field of the message, not added to the map; Go keeps no
+                # unknown fields, so it is dropped.
+                w("return nil")
             if value.is_message:
                 with w.block("if value == nil"):
                     w(f"value = new({self.ref(value.type_ref)})")
             w("dst[key] = value")
             w("return nil")
 
-    def _decode_loop_body(self, type_name: str, cases) -> None:
+    def _decode_loop_body(self, type_name: str, cases, on_unknown: str = "") -> None:
         w = self.w
         with w.block("for len(b) > 0"):
             w("num, typ, n := consumeTag(b)")
@@ -573,6 +583,8 @@ class _FileWriter:
             w("b = b[n:]")
             with w.switch("switch num"):
                 cases()
+            if on_unknown:
+                w(on_unknown)
             w("n = skipField(b, num, typ, depth)")
             self._check_n(type_name)
             w("b = b[n:]")

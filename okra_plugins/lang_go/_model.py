@@ -26,7 +26,7 @@ MESSAGE_METHODS = frozenset(
 
 #: Local names used inside generated functions; import aliases must avoid them.
 LOCAL_NAMES = frozenset(
-    "b v n x k m e ok err num typ start depth key value dst ctx req resp in out impl".split()
+    "b v n x k m e p s ok err num typ start valueStart depth key value unknown dst ctx req resp in out impl".split()
 )
 
 _SCALAR_KINDS = frozenset(

@@ -1,6 +1,9 @@
 """How each protobuf scalar type maps to Go and to the wire: the one table the encoder
 and decoder emitters share. `{v}` stands for the decoded raw value, `{x}` for the Go
-value to encode."""
+value to encode.
+
+Decoded strings and bytes alias the buffer being decoded (a private copy that the
+generated Unmarshal makes of its input), so they cost no allocation each."""
 
 from __future__ import annotations
 
@@ -65,10 +68,10 @@ SCALARS: dict[int, Scalar] = {
         "bool", WIRE_VARINT, "{v} != 0", "appendVarint(b, boolToVarint({x}))", "{x}", "false"
     ),
     FD.TYPE_STRING: Scalar(
-        "string", WIRE_BYTES, "string({v})", "appendString(b, {x})", '{x} != ""', '""'
+        "string", WIRE_BYTES, "aliasString({v})", "appendString(b, {x})", '{x} != ""', '""'
     ),
     FD.TYPE_BYTES: Scalar(
-        "[]byte", WIRE_BYTES, "cloneBytes({v})", "appendBytes(b, {x})", "len({x}) != 0", "nil"
+        "[]byte", WIRE_BYTES, "{v}", "appendBytes(b, {x})", "len({x}) != 0", "nil"
     ),
     FD.TYPE_UINT32: _num("uint32", WIRE_VARINT, "uint32({v})", "appendVarint(b, uint64({x}))"),
     FD.TYPE_SFIXED32: _num("int32", WIRE_FIXED32, "int32({v})", "appendFixed32(b, uint32({x}))"),

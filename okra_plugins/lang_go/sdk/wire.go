@@ -10,8 +10,10 @@ package okra
 import (
 	"errors"
 	"math"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 const (
@@ -63,15 +65,34 @@ func utf8Error(fieldName string) error {
 	return errors.New("string field " + fieldName + " contains invalid UTF-8")
 }
 
-func validUTF8(b []byte) bool { return utf8.Valid(b) }
+// validUTF8 checks ASCII inline (short, mostly ASCII strings are the common case, and a
+// call costs more than the loop in Go's WebAssembly code) and leaves the rest to utf8.
+func validUTF8(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		if b[i] >= utf8.RuneSelf {
+			return utf8.Valid(b[i:])
+		}
+	}
+	return true
+}
 
-func validUTF8String(s string) bool { return utf8.ValidString(s) }
+func validUTF8String(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return utf8.ValidString(s[i:])
+		}
+	}
+	return true
+}
 
 // consumeVarint decodes a varint of at most 10 bytes; bits beyond 64 are dropped, as
 // the reference implementations do.
 func consumeVarint(b []byte) (uint64, int) {
 	if len(b) > 0 && b[0] < 0x80 {
 		return uint64(b[0]), 1
+	}
+	if len(b) > 1 && b[1] < 0x80 {
+		return uint64(b[0]&0x7f) | uint64(b[1])<<7, 2
 	}
 	var v uint64
 	for i := 0; i < 10; i++ {
@@ -218,20 +239,25 @@ func boolToVarint(v bool) uint64 {
 }
 
 func appendVarint(b []byte, v uint64) []byte {
-	for v >= 0x80 {
-		b = append(b, byte(v)|0x80)
-		v >>= 7
+	switch {
+	case v < 1<<7:
+		return append(b, byte(v))
+	case v < 1<<14:
+		return append(b, byte(v)|0x80, byte(v>>7))
 	}
-	return append(b, byte(v))
+	n := len(b)
+	b = append(b, lengthPadding[:sizeVarint(v)]...)
+	for v >= 0x80 {
+		b[n] = byte(v) | 0x80
+		v >>= 7
+		n++
+	}
+	b[n] = byte(v)
+	return b
 }
 
 func sizeVarint(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		n++
-		v >>= 7
-	}
-	return n
+	return int(9*uint32(bits.Len64(v))+64) / 64
 }
 
 func appendFixed32(b []byte, v uint32) []byte {
@@ -253,7 +279,7 @@ func appendBytes(b []byte, v []byte) []byte {
 	return append(b, v...)
 }
 
-var lengthPadding [9]byte
+var lengthPadding [10]byte
 
 // finishDelimited completes a length-delimited value written in place: the caller
 // appended one placeholder byte for the length, then the value (starting at start).
@@ -279,9 +305,11 @@ func finishDelimited(b []byte, start int) []byte {
 	return b
 }
 
-// cloneBytes copies a decoded bytes value out of the input buffer, which is reused; the
-// copy is never nil, so an empty value that was present stays present.
-func cloneBytes(v []byte) []byte { return append([]byte{}, v...) }
+// aliasString returns the bytes of a decoded string field as a string without copying.
+// Generated Unmarshal copies its input once and decodes from that private copy, which
+// nothing writes afterwards, so the strings and bytes of a message share one allocation
+// instead of one each.
+func aliasString(v []byte) string { return unsafe.String(unsafe.SliceData(v), len(v)) }
 
 // grow makes room for n more elements, so a packed field is appended without copying.
 func grow[T any](s []T, n int) []T {
