@@ -14,7 +14,9 @@ and pool around it). Cases:
 - go echo, ~100 B: Echo of a message with a few scalars, a string and a nested message,
   decoded into the generated struct and encoded again.
 - go echo, ~10 KB: Echo of a message with repeated, packed and map fields.
-- go greeter: examples/greeter SayHello, which also logs one record through okra.log.
+- go greeter: examples/greeter SayHello, which also writes one record through okra.log:
+  once below the service's log level (the host drops it after one crossing), once
+  logged (decoded and handed to a logging.NullHandler).
 
 Build: `okra build` of the wire guest with the Go build cache warm (nothing changed;
 what a developer sees on each rebuild) and, with --cold-build, with an empty GOCACHE
@@ -90,7 +92,6 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20000)
     parser.add_argument("--cold-build", action="store_true", help="also time a build with an empty GOCACHE")
     args = parser.parse_args()
-    logging.getLogger("okra.service").setLevel(logging.WARNING)  # records still cross the boundary
 
     with tempfile.TemporaryDirectory(prefix="okra-bench-") as tmp:
         workspace = pathlib.Path(tmp)
@@ -112,6 +113,9 @@ def main() -> None:
         data_fn = HostFunction("okra.test", "data", ("i32",) * 4, lambda ctx, *a: 0)
         wire_guest = Guest(wire, "wire.v1.Wire", extra=[data_fn])
         greeter_guest = Guest(greeter, "greeter.v1.Greeter")
+        greeter_guest.logger.removeHandler(greeter_guest.logs)
+        greeter_guest.logger.addHandler(logging.NullHandler())
+        greeter_guest.logger.propagate = False
 
         types = message_classes(wire.descriptor_set)
         Everything = types("wire.v1.Everything")
@@ -130,14 +134,19 @@ def main() -> None:
             return abi.encode_request(abi.request_prefix(service, method), payload)
 
         cases = [
-            ("wat echo, ~100 B", wat_instance, envelope("echo.v1.Echo", "Echo", small)),
+            (f"wat echo, {len(small)} B", wat_instance, envelope("echo.v1.Echo", "Echo", small)),
             ("go echo, empty", wire_guest.instance, envelope("wire.v1.Wire", "Echo", b"")),
             (f"go echo, {len(small)} B", wire_guest.instance, envelope("wire.v1.Wire", "Echo", small)),
             (f"go echo, {len(large)} B", wire_guest.instance, envelope("wire.v1.Wire", "Echo", large)),
-            ("go greeter SayHello + 1 log record", greeter_guest.instance, envelope("greeter.v1.Greeter", "SayHello", hello)),
+            ("go greeter SayHello, log record filtered", greeter_guest.instance,
+             envelope("greeter.v1.Greeter", "SayHello", hello), logging.WARNING),
+            ("go greeter SayHello, log record logged", greeter_guest.instance,
+             envelope("greeter.v1.Greeter", "SayHello", hello), logging.INFO),
         ]
         results = []
-        for name, instance, request in cases:
+        for name, instance, request, *level in cases:
+            if level:
+                greeter_guest.logger.setLevel(level[0])
             reply = abi.decode_response(instance.handle(request))
             assert reply[1] == 0, reply
             results.append((name, *measure(lambda: instance.handle(request), args.iterations)))
