@@ -124,8 +124,17 @@ def test_clashing_names_are_settled_like_protoc_gen_go(generated):
         "SayHello(ctx *okra.Context, req *Outer_Inner) (*Outer_Inner, error)",
         "func RegisterOuter_InnerService(impl Outer_InnerService)",
         'okra.Method{Name: "say_hello"',  # the wire keeps the proto name
+        "Status_STATUS_RUNNING Status = 1",
     ]:
         assert squeeze(expected) in source, expected
+
+
+def test_enum_aliases_are_named_by_their_first_name(generated):
+    source = generated["gen/tricky/v1/names.okra.go"]
+    string_method = source[source.index("func (x Status) String() string"):]
+    string_method = string_method[: string_method.index("\n}\n")]
+    assert string_method.count("case ") == 2
+    assert 'case Status_STATUS_STARTED:\n\t\treturn "STATUS_STARTED"' in string_method
 
 
 def test_field_types_follow_the_documented_mapping(generated):

@@ -245,7 +245,7 @@ def test_empty_message_encodes_to_nothing(guest):
 def test_tricky_names_round_trip(guest, types):
     Outer = types("tricky.v1.Outer")
     original = Outer(reset="r", get_name="g", name="n", _under=-3, field2name=2, marshal="m",
-                     type="t", outer_kind=2, text="hello")
+                     type="t", outer_kind=2, text="hello", status=1)
     original.primary.kind = 1
     original.inner_by_name["a"].kind = 1
     original.lower.x_y_z = "xyz"

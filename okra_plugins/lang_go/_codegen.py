@@ -202,7 +202,7 @@ class _FileWriter:
                     self.doc((*t.path, 2, i), "")
                     w(f"{const.ljust(width)} {t.go_name} = {number}")
         w()
-        w(f"// String returns the value's name in the .proto, or its number if it has none.")
+        w("// String returns the value's name in the .proto, or its number if it has none.")
         with w.block(f"func (x {t.go_name}) String() string"):
             seen = set()
             if t.values:
@@ -215,7 +215,7 @@ class _FileWriter:
                         w(f'\treturn "{proto_name}"')
             w("return formatInt(int64(x))")
         w()
-        w(f"// Enum returns a pointer to a copy of x, for optional fields.")
+        w("// Enum returns a pointer to a copy of x, for optional fields.")
         with w.block(f"func (x {t.go_name}) Enum() *{t.go_name}"):
             w("return &x")
 

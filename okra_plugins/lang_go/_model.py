@@ -300,11 +300,9 @@ def _name_package(pkg: GoPackage, file_types, types) -> None:
     for t in all_types:
         if t.kind == "enum":
             prefix = t.parent.go_name if t.parent else t.go_name
-            seen = set()
             for value in t.proto.value:
                 const = names.claim(f"{prefix}_{value.name}")
                 t.values.append((const, value.number, value.name))
-                seen.add(value.number)
     for t in all_types:
         if t.kind == "message" and not t.is_map_entry:
             _name_message(t, names, types)
