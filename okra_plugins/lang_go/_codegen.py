@@ -17,6 +17,7 @@ and per service `S`: `type S interface { ... }` and `func RegisterS(impl S)`.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,8 @@ def generate_go(
             stem = file.name.rsplit("/", 1)[-1].removesuffix(".proto")
             if stem + GENERATED_SUFFIX in used:
                 stem = file.name.removesuffix(".proto").replace("/", "_")
+            if stem.startswith(("_", ".")):
+                stem = "x" + stem  # Go ignores files whose names start with _ or .
             name = used.claim(stem + GENERATED_SUFFIX)
             services_here = [s for s in model.services if s.file is file]
             out[f"{pkg.dir}/{name}"] = _FileWriter(model, pkg, file, services_here).render()
@@ -63,6 +66,16 @@ def generate_go(
 
 def wire_source() -> str:
     return (importlib.resources.files("okra_plugins.lang_go") / "sdk" / "wire.go").read_text()
+
+
+@functools.cache
+def wire_names() -> frozenset[str]:
+    """The package-level names the wire helpers declare, which imports must not take."""
+    source = wire_source()
+    names = re.findall(r"^func (\w+)", source, re.M)
+    names += re.findall(r"^\t(\w+)\s+=", source, re.M)  # constants in const blocks
+    names += re.findall(r"^var (\w+)", source, re.M)
+    return frozenset(names)
 
 
 def _package_wire(wire: str, package: str) -> str:
@@ -107,7 +120,7 @@ class _FileWriter:
         self.file = file
         self.services = services
         self.imports: dict[str, str] = {}  # import path -> alias used
-        self.aliases = Namespace(_model.LOCAL_NAMES | {"okra"})
+        self.aliases = Namespace(_model.LOCAL_NAMES | wire_names() | {"okra"})
         self.comments = {
             tuple(loc.path): loc.leading_comments
             for loc in file.source_code_info.location
@@ -149,6 +162,20 @@ class _FileWriter:
         if field.optional and not field.is_message and field.type != FD.TYPE_BYTES:
             return "*" + self.value_type(field)
         return self.value_type(field)
+
+    def aligned(self, rows: list[tuple[tuple[int, ...], str, str]]) -> None:
+        """Lines of two columns (struct fields, constants), each with its doc comment,
+        aligned as gofmt aligns them: a comment line ends a block of aligned lines."""
+        blocks: list[list[tuple[tuple[int, ...], str, str]]] = []
+        for row in rows:
+            if not blocks or row[0] in self.comments:
+                blocks.append([])
+            blocks[-1].append(row)
+        for block in blocks:
+            width = max(len(name) for _, name, _ in block)
+            for path, name, rest in block:
+                self.doc(path, "")
+                self.w(f"{name.ljust(width)} {rest}")
 
     def doc(self, path: tuple[int, ...], default: str) -> None:
         text = self.comments.get(path)
@@ -196,11 +223,11 @@ class _FileWriter:
         w(f"type {t.go_name} int32")
         if t.values:
             w()
-            width = max(len(const) for const, _, _ in t.values)
             with _paren_block(w, "const"):
-                for i, (const, number, _) in enumerate(t.values):
-                    self.doc((*t.path, 2, i), "")
-                    w(f"{const.ljust(width)} {t.go_name} = {number}")
+                self.aligned(
+                    [((*t.path, 2, i), const, f"{t.go_name} = {number}")
+                     for i, (const, number, _) in enumerate(t.values)]
+                )
         w()
         w("// String returns the value's name in the .proto, or its number if it has none.")
         with w.block(f"func (x {t.go_name}) String() string"):
@@ -237,11 +264,8 @@ class _FileWriter:
         if not entries:
             w(f"type {t.go_name} struct{{}}")
         else:
-            width = max(len(name) for _, name, _ in entries)
             with w.block(f"type {t.go_name} struct"):
-                for path, name, go_type in entries:
-                    self.doc(path, "")
-                    w(f"{name.ljust(width)} {go_type}")
+                self.aligned(entries)
         for oneof in t.oneofs:
             self.oneof_types(t, oneof)
         self.getters(t)
