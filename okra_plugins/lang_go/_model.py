@@ -29,15 +29,6 @@ LOCAL_NAMES = frozenset(
     "b v n x k m e p s ok err num typ start valueStart depth key value unknown dst ctx req resp in out impl".split()
 )
 
-_SCALAR_KINDS = frozenset(
-    {
-        FD.TYPE_DOUBLE, FD.TYPE_FLOAT, FD.TYPE_INT64, FD.TYPE_UINT64, FD.TYPE_INT32,
-        FD.TYPE_FIXED64, FD.TYPE_FIXED32, FD.TYPE_BOOL, FD.TYPE_STRING, FD.TYPE_BYTES,
-        FD.TYPE_UINT32, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64, FD.TYPE_SINT32, FD.TYPE_SINT64,
-    }
-)
-
-
 @dataclasses.dataclass(eq=False)
 class GoPackage:
     proto_package: str
@@ -407,7 +398,3 @@ def _check_import_cycles(packages: list[GoPackage], file_types) -> None:
 
     for name in deps:
         visit(name, [name])
-
-
-def is_scalar(field: GoField) -> bool:
-    return field.type in _SCALAR_KINDS
