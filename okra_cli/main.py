@@ -107,6 +107,18 @@ def build(path: pathlib.Path):
     click.echo(f"Built {result.path} ({', '.join(result.services)}) in {result.seconds:.1f}s")
 
 
+@cli.command()
+@click.argument("path", default=".", type=click.Path(exists=True, path_type=pathlib.Path))
+@errors_as_one_line
+def generate(path: pathlib.Path):
+    """Generate the guest code for the project at PATH from its protos, without
+    compiling (so an editor sees the types). `okra build` does this too."""
+    from okra_core.build import generate_project
+
+    files = generate_project(path)
+    click.echo(f"Generated {len(files)} file(s)")
+
+
 # -- serve / dev ----------------------------------------------------------------------
 
 

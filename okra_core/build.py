@@ -52,7 +52,10 @@ def compile_descriptors(proto_root: pathlib.Path, files: tuple[str, ...]) -> byt
         wkt = well_known_protos()
         if wkt is not None:
             command.append(f"-I{wkt}")
-        command += [f"--descriptor_set_out={out}", "--include_imports", *files]
+        # Source info keeps the protos' comments: generated code and reflection show them.
+        command += [
+            f"--descriptor_set_out={out}", "--include_imports", "--include_source_info", *files
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip()
@@ -70,9 +73,9 @@ def declared_services(descriptor_set: bytes, files: tuple[str, ...]) -> list[str
     return names
 
 
-def build_project(path: str | pathlib.Path, registry: Registry | None = None) -> BuildResult:
-    """Build the project at `path` into `dist/<name>-<version>.okra.pkg`."""
-    started = time.perf_counter()
+def prepare(path: str | pathlib.Path, registry: Registry | None = None):
+    """Load the project, compile its descriptors and check its services: what both
+    `okra generate` and `okra build` start from. Returns (project, language, request)."""
     registry = registry or get_registry()
     project = load_project(path)
     language = registry.language(project.language)
@@ -96,18 +99,33 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         services=tuple(services),
         work_dir=project.work_dir,
     )
+    return project, language, request
+
+
+def generate_project(path: str | pathlib.Path, registry: Registry | None = None) -> list[pathlib.Path]:
+    """Generate the guest code for the project at `path` (no compile); returns the files."""
+    _, language, request = prepare(path, registry)
+    return list(language.generate(request))
+
+
+def build_project(path: str | pathlib.Path, registry: Registry | None = None) -> BuildResult:
+    """Build the project at `path` into `dist/<name>-<version>.okra.pkg`."""
+    started = time.perf_counter()
+    project, language, request = prepare(path, registry)
     wasm = language.build(request)
     manifest = Manifest(
         name=project.name,
         version=project.version,
         abi_version=abi.ABI_VERSION,
-        services=tuple(services),
+        services=request.services,
         host_apis={ns: dict(cfg) for ns, cfg in project.host_apis.items()},
         pool=PoolConfig(min=project.pool_min, max=project.pool_max),
         digests={},
         language=project.language,
     )
     project.dist_dir.mkdir(exist_ok=True)
-    out = write_package(project.package_path, manifest=manifest, wasm=wasm, descriptor_set=descriptor_set)
+    out = write_package(
+        project.package_path, manifest=manifest, wasm=wasm, descriptor_set=request.descriptor_set
+    )
     load_package(out)  # what we ship must load
-    return BuildResult(project, out, tuple(services), time.perf_counter() - started)
+    return BuildResult(project, out, request.services, time.perf_counter() - started)

@@ -4,6 +4,7 @@
 #
 # Test plan
 # - `okra --help` and `okra --version` work; every command has help.
+# - `okra generate` writes the generated guest code of a new project without compiling.
 # - `okra plugins` lists every built-in plugin and what it provides; `--json` too.
 # - a third-party plugin installed as a distribution with an `okra` entry point is loaded
 #   through the same hooks: its host API shows in `okra plugins`, its command runs; a
@@ -45,7 +46,7 @@ def assert_one_line_error(result, fragment):
 def test_help_and_version():
     result = okra("--help")
     assert result.returncode == 0
-    for command in ("init", "build", "dev", "serve", "call", "plugins"):
+    for command in ("init", "generate", "build", "dev", "serve", "call", "plugins"):
         assert command in result.stdout
         assert okra(command, "--help").returncode == 0
     assert okra("--version").stdout.strip().endswith("0.1.0")
@@ -190,3 +191,15 @@ def test_bad_transport_option_is_one_line(tmp_path):
     result = okra("serve", str(package), "--grpc-port", "0", "--grpc-max-message-size", "lots",
                   env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(result, "lots")
+
+
+@pytest.mark.slow
+def test_init_then_generate_writes_the_go_types_without_compiling(tmp_path):
+    project = tmp_path / "hello"
+    assert okra("init", "hello", "--dir", str(project)).returncode == 0
+    for generated in (project / "gen").rglob("*.okra.go"):
+        generated.unlink()
+    result = okra("generate", str(project))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (project / "gen").rglob("*.okra.go")) == ["hello.okra.go", "okra_wire.okra.go"]
+    assert not (project / "dist").exists()

@@ -4,7 +4,8 @@
 # - the project is found from a subdirectory (like git finds its repository).
 # - each defect gives a ConfigError naming the file and what to fix: no okra.toml,
 #   bad TOML, missing [service], bad name, missing proto file, unknown keys, bad pool.
-# - compile_descriptors includes imports (well-known types) and reports protoc errors.
+# - compile_descriptors includes imports (well-known types) and source info (comments),
+#   and reports protoc errors.
 # - declared_services lists services of the project's own files only.
 # - build_project refuses a service that the protos do not declare, before compiling.
 import pytest
@@ -78,11 +79,12 @@ def test_each_config_defect_is_a_clear_error(tmp_path, config, message):
         load_project(tmp_path)
 
 
-def test_descriptors_include_imports_and_list_own_services(tmp_path):
+def test_descriptors_include_imports_comments_and_list_own_services(tmp_path):
     project = load_project(make_project(tmp_path))
     data = compile_descriptors(project.proto_root, project.proto)
-    names = [f.name for f in descriptor_pb2.FileDescriptorSet.FromString(data).file]
-    assert names == ["google/protobuf/timestamp.proto", "demo/v1/demo.proto"]
+    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    assert [f.name for f in files] == ["google/protobuf/timestamp.proto", "demo/v1/demo.proto"]
+    assert files[1].source_code_info.location  # comments travel with the descriptors
     assert declared_services(data, project.proto) == ["demo.v1.Demo"]
 
 
