@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from okra_core import abi
-from okra_core._workers import WorkerThreads
+from okra_core._workers import CallRunner, WorkerThreads
 from okra_core.descriptors import ServiceSchema, parse_input
 from okra_core.engine import GuestFault, GuestTrap
 from okra_core.pool import WorkerPool
@@ -35,6 +35,7 @@ class ServiceActor:
         schema: ServiceSchema,
         pool: WorkerPool,
         workers: WorkerThreads,
+        runner: CallRunner,
         logger: logging.Logger,
         *,
         validate_output: bool = True,
@@ -42,6 +43,7 @@ class ServiceActor:
         self.schema = schema
         self.pool = pool
         self.workers = workers
+        self.runner = runner
         self.log = logger
         self.validate_output = validate_output
         self._prefixes = {
@@ -85,7 +87,7 @@ class ServiceActor:
                 else:
                     outcome.set_exception(exc)
 
-        self.workers.submit(loop, done, _call_guest, instance, envelope)
+        self.runner.call(loop, done, _call_guest, instance, envelope)
         timer = loop.call_at(message.deadline, _expire, outcome, method.full_path)
         try:
             response = await outcome

@@ -182,4 +182,4 @@ def _take(ctx: HostContext, ptr: int, cap: int) -> int:
 
 def abi_functions() -> list[HostFunction]:
     """`okra.abi`, linked into every instance."""
-    return [HostFunction(ABI_NAMESPACE, "take", ("i32", "i32"), _take)]
+    return [HostFunction(ABI_NAMESPACE, "take", ("i32", "i32"), _take, blocking=False)]

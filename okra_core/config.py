@@ -20,6 +20,9 @@ class RuntimeConfig:
     default_timeout: float = 30.0
     #: How long a redeploy or undeploy waits for in-flight calls of the old version.
     drain_timeout: float = 30.0
+    #: Let services whose calls prove short (and whose host functions never block) run
+    #: them inline on the event loop instead of handing each to a worker thread.
+    inline_calls: bool = True
     #: Check that guest output parses as the method's response type (INTERNAL if not).
     validate_output: bool = True
 

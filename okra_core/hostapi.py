@@ -78,6 +78,10 @@ class HostFunction:
     `impl(ctx, *args)` receives the calling instance's HostContext and the wasm arguments
     as Python ints and returns an int (the i32 result). It may raise HostError. Any other
     exception is a bug in the host API: the engine logs it and returns `-INTERNAL`.
+
+    `blocking` says whether the function may wait (on I/O, a lock, another service). A
+    guest linked only to non-blocking functions may have its calls run inline on the
+    event loop; so the default is the safe one.
     """
 
     namespace: str
@@ -85,6 +89,7 @@ class HostFunction:
     params: tuple[str, ...]
     impl: Callable[..., int]
     results: tuple[str, ...] = ("i32",)
+    blocking: bool = True
 
     @property
     def qualified_name(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from okra_core import abi
 from okra_core._service import Invoke, ServiceActor
-from okra_core._workers import WorkerThreads
+from okra_core._workers import CallRunner, WorkerThreads
 from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
 from okra_core.config import RuntimeConfig
 from okra_core.descriptors import ServiceSchema
@@ -319,8 +319,13 @@ class Runtime:
             await pool.close(grace=0)
             workers.close()
             raise
+        # Inline calls are only for guests none of whose host functions may block.
+        runner = CallRunner(
+            workers,
+            inline_allowed=self.config.inline_calls and not any(f.blocking for f in functions),
+        )
         return ServiceActor(
-            schema, pool, workers, logger, validate_output=self.config.validate_output
+            schema, pool, workers, runner, logger, validate_output=self.config.validate_output
         )
 
 

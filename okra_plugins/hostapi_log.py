@@ -101,8 +101,8 @@ class LogAPI:
             return 0
 
         return (
-            HostFunction(self.namespace, "write", ("i32", "i32", "i32"), write),
-            HostFunction(self.namespace, "enabled", ("i32",), enabled),
+            HostFunction(self.namespace, "write", ("i32", "i32", "i32"), write, blocking=False),
+            HostFunction(self.namespace, "enabled", ("i32",), enabled, blocking=False),
         )
 
 

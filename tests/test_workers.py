@@ -1,0 +1,180 @@
+# Test plan: where guest calls run (okra_core._workers).
+# WorkerThreads:
+# - run returns the function's result / raises its exception, on a worker thread.
+# - close lets queued calls finish; submitting after close is refused.
+# CallRunner (inline once proven short):
+# - a service whose host functions may block is never run inline, however fast.
+# - after `promote_after` consecutive fast calls on threads, calls run inline (on the
+#   loop thread); a slow call in between resets the streak.
+# - an inline call slower than `slow` sends the service back to threads and doubles the
+#   number of fast calls needed for the next promotion.
+# - exceptions reach `done` in both modes.
+# Through the runtime:
+# - a short guest (echo.wat) goes inline after its first calls; a guest granted a host
+#   function that may block never does; RuntimeConfig(inline_calls=False) turns it off.
+import asyncio
+import threading
+import time
+
+import pytest
+
+from okra_core._workers import CallRunner, WorkerThreads
+
+
+async def call(runner, fn, *args):
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def done(result, exc):
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+    runner.call(loop, done, fn, *args)
+    return await future
+
+
+def where():
+    return threading.current_thread() is threading.main_thread()
+
+
+async def test_worker_threads_run_off_the_loop_and_deliver_errors():
+    threads = WorkerThreads(2, "t")
+    assert await threads.run(where) is False
+    with pytest.raises(ZeroDivisionError):
+        await threads.run(lambda: 1 / 0)
+    threads.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await threads.run(where)
+
+
+async def test_close_lets_queued_calls_finish():
+    threads = WorkerThreads(1, "t")
+    first = asyncio.ensure_future(threads.run(time.sleep, 0.02))
+    second = asyncio.ensure_future(threads.run(lambda: "second"))
+    await asyncio.sleep(0)
+    threads.close()
+    assert await second == "second"
+    await first
+
+
+async def test_blocking_services_are_never_inline():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=False, promote_after=3)
+    for _ in range(10):
+        assert await call(runner, where) is False
+    assert not runner.inline
+
+
+async def test_fast_calls_are_promoted_inline_and_a_slow_one_resets_the_streak():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=5, fast=0.005)
+    for _ in range(4):
+        assert await call(runner, where) is False
+    await call(runner, time.sleep, 0.01)  # slow: the streak starts again
+    for _ in range(4):
+        await call(runner, where)
+    assert not runner.inline
+    await call(runner, where)
+    assert runner.inline
+    assert await call(runner, where) is True  # ran on the loop thread
+
+
+async def test_slow_inline_call_demotes_and_doubles_the_bar():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=2, fast=0.005, slow=0.005)
+    await call(runner, where)
+    await call(runner, where)
+    assert runner.inline
+    await call(runner, time.sleep, 0.02)
+    assert not runner.inline and runner.demotions == 1 and runner.promote_after == 4
+    for _ in range(3):
+        await call(runner, where)
+    assert not runner.inline
+    await call(runner, where)
+    assert runner.inline
+
+
+async def test_exceptions_reach_done_in_both_modes():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=1, fast=0.005)
+    with pytest.raises(ZeroDivisionError):
+        await call(runner, lambda: 1 / 0)
+    await call(runner, where)
+    assert runner.inline
+    with pytest.raises(ZeroDivisionError):
+        await call(runner, lambda: 1 / 0)
+
+
+# -- through the runtime ---------------------------------------------------------------
+
+import wasmtime  # noqa: E402
+
+from okra_core.config import RuntimeConfig  # noqa: E402
+from okra_core.hostapi import HostFunction  # noqa: E402
+from okra_core.manifest import PoolConfig  # noqa: E402
+from okra_core.package import Package  # noqa: E402
+from okra_core.plugins import Registry, make_plugin_manager  # noqa: E402
+from okra_core.runtime import Runtime  # noqa: E402
+from support import FIXTURES_DIR, compile_protos, make_manifest  # noqa: E402
+
+PROTO = 'syntax = "proto3"; package w.v1; message B { bytes data = 1; } service S { rpc Echo(B) returns (B); }'
+
+
+class SlowLog:
+    """A host API like okra.log whose functions may block (the default)."""
+
+    namespace = "okra.log"
+    description = "okra.log, but its functions may block"
+
+    def function_names(self):
+        return ("write", "enabled")
+
+    def functions(self, config):
+        return (
+            HostFunction(self.namespace, "write", ("i32", "i32", "i32"), lambda ctx, level, ptr, n: 0),
+            HostFunction(self.namespace, "enabled", ("i32",), lambda ctx, level: 1),
+        )
+
+
+def registry_with(api):
+    pm = make_plugin_manager(entrypoints=False)
+    pm.unregister(name="okra_plugins.hostapi_log")
+
+    class Plugin:
+        from okra_core.hookspecs import hookimpl
+
+        @hookimpl
+        def register_host_apis(self, register):
+            register(api)
+
+    pm.register(Plugin(), name="slowlog")
+    return Registry(pm)
+
+
+def package(tmp_path, guest, host_apis):
+    return Package.from_parts(
+        manifest=make_manifest(name="w", services=("w.v1.S",), host_apis=host_apis, pool=PoolConfig(1, 1)),
+        wasm=wasmtime.wat2wasm((FIXTURES_DIR / f"{guest}.wat").read_text()),
+        descriptor_set=compile_protos(tmp_path, {"w/v1/w.proto": PROTO}),
+    )
+
+
+async def calls(runtime, n):
+    for _ in range(n):
+        await runtime.invoke("w.v1.S", "Echo", b"")
+    return runtime.deployments()[0].actors["w.v1.S"].runner
+
+
+@pytest.mark.parametrize("inline_calls", [True, False])
+async def test_short_guest_goes_inline_unless_turned_off(tmp_path, inline_calls):
+    config = RuntimeConfig(engine_options={"cache_dir": str(tmp_path)}, inline_calls=inline_calls)
+    async with Runtime(config) as runtime:
+        await runtime.deploy(package(tmp_path, "echo", {}))
+        runner = await calls(runtime, 1000)  # 100 fast calls in a row suffice; slack for noise
+        assert runner.inline is inline_calls
+
+
+async def test_guest_with_a_blocking_host_function_never_goes_inline(tmp_path):
+    config = RuntimeConfig(engine_options={"cache_dir": str(tmp_path)})
+    async with Runtime(config, registry=registry_with(SlowLog())) as runtime:
+        await runtime.deploy(package(tmp_path, "log", {"okra.log": {}}))
+        runner = await calls(runtime, 300)
+        assert not runner.inline_allowed and not runner.inline
