@@ -24,6 +24,7 @@ from okra_core.errors import PluginError
 DEFAULT_PLUGINS = (
     "okra_plugins.engine_wasmtime",
     "okra_plugins.transport_grpc",
+    "okra_plugins.transport_connect",
     "okra_plugins.hostapi_log",
     "okra_plugins.lang_go",
 )

@@ -1,0 +1,146 @@
+"""The ASGI application: CORS and routing in front of connectrpc's protocol handling.
+
+connectrpc (`ConnectASGIApplication`) speaks the protocols: Connect unary and streaming,
+GET requests, gRPC-Web, compression, deadlines, size limits, error bodies. This layer
+adds what a server whose services come and go needs: a path is resolved against the
+runtime first, and one that has no endpoint gets an error that names what is deployed,
+in the form its client reads (a Connect error body, or gRPC-Web status headers).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from connectrpc.codec import Codec
+from connectrpc.server import ConnectASGIApplication
+
+from okra_core.status import StatusCode
+
+from ._codecs import BinaryCodec, JsonCodec
+from ._cors import CorsPolicy
+from ._routes import Refusal, Routes
+from ._status import TO_CONNECT
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+class _Connect(ConnectASGIApplication):
+    """connectrpc's application over the dynamic routes."""
+
+    path = "/"
+
+
+class ConnectApp:
+    """Serves every deployed service at ``/package.Service/Method``."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        *,
+        max_body_size: int,
+        cors: CorsPolicy | None = None,
+        codecs: Iterable[Codec] = (BinaryCodec(), JsonCodec()),
+    ):
+        self.routes = routes
+        self.cors = cors
+        self._connect = _Connect(
+            service=None,
+            endpoints=lambda _service: routes,
+            read_max_bytes=max_body_size,
+            codecs=list(codecs),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await _lifespan(receive, send)
+            return  # websockets: the server refuses the handshake
+        if self.cors is not None:
+            origin = _header(scope, b"origin")
+            if origin is not None:
+                if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+                    await self._preflight(origin, send)
+                    return
+                if self.cors.allows(origin):
+                    send = _adding_headers(send, self.cors.response_headers(origin))
+        target = self.routes.resolve(scope["path"])
+        if type(target) is Refusal:
+            await _refuse(scope, send, target)
+            return
+        content_type = _header(scope, b"content-type") or b""
+        if content_type.startswith(b"application/grpc") and not content_type.startswith(
+            b"application/grpc-web"
+        ) and "http.response.trailers" not in scope.get("extensions", {}):
+            await _error(
+                send,
+                415,
+                StatusCode.UNIMPLEMENTED,
+                "gRPC needs HTTP/2 with trailers: call the gRPC port, or use the Connect "
+                "or gRPC-Web protocol here",
+            )
+            return
+        await self._connect(scope, receive, send)
+
+    async def _preflight(self, origin: bytes, send: Send) -> None:
+        assert self.cors is not None
+        if not self.cors.allows(origin):
+            await _respond(send, 403, [(b"content-type", b"text/plain")], b"origin not allowed\n")
+            return
+        await _respond(send, 204, self.cors.preflight_headers(origin), b"")
+
+
+async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
+    content_type = _header(scope, b"content-type") or b""
+    if content_type.startswith(b"application/grpc"):
+        # gRPC and gRPC-Web read the status from (trailers-only) headers.
+        headers = [
+            (b"content-type", content_type.split(b";")[0]),
+            (b"grpc-status", str(int(refusal.code)).encode()),
+            (b"grpc-message", urllib.parse.quote(refusal.message, safe="").encode()),
+        ]
+        await _respond(send, 200, headers, b"")
+        return
+    await _error(send, refusal.http_status, refusal.code, refusal.message)
+
+
+async def _error(send: Send, status: int, code: StatusCode, message: str) -> None:
+    """A Connect error: JSON `{"code", "message"}` with the given HTTP status."""
+    body = json.dumps({"code": TO_CONNECT[code].value, "message": message}, ensure_ascii=False)
+    await _respond(send, status, [(b"content-type", b"application/json")], body.encode("utf-8"))
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return wrapped
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

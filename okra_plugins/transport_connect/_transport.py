@@ -1,0 +1,228 @@
+"""The Connect transport: a uvicorn server on the runtime's event loop.
+
+uvicorn with httptools serves HTTP/1.1 fastest of the ASGI servers measured here
+(`benchmarks/connect_echo.py`), and every protocol served here works over HTTP/1.1:
+Connect (unary and streaming) and gRPC-Web carry their status in the body. gRPC itself
+needs HTTP/2 trailers and has its own transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import uvicorn
+
+from okra_core.errors import ConfigError
+from okra_core.metadata import normalize_allow
+
+from ._app import ConnectApp
+from ._codecs import BinaryCodec, JsonCodec
+from ._cors import CorsPolicy
+from ._routes import Routes
+
+log = logging.getLogger("okra.transport.connect")
+
+#: The default request size limit, as gRPC's (and connect-go's read limit is similar).
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+
+
+class ConnectTransport:
+    """Serves every deployed service over Connect, gRPC-Web and JSON (HTTP/1.1).
+
+    Options (`okra_core.plugins.Registry.transport("connect", **options)`):
+
+    * ``max_body_size`` -- largest request message, in bytes (an int, or a string such
+      as ``"4MiB"``, ``"512KiB"``), checked before and after decompression; larger ones
+      fail with ``resource_exhausted``. Default 4 MiB.
+    * ``allow_headers`` -- header names forwarded to guests even though they look like
+      credentials (see `okra_core.metadata.is_forwarded`), e.g. ``["authorization"]``.
+    * ``cors_origins`` -- origins browsers may call from (``"https://app.example.com"``,
+      or ``"*"`` for any); none by default, which turns CORS off.
+    * ``cors_headers`` -- request headers browsers may send besides the protocols' own
+      (e.g. ``["x-request-id"]``); they must also pass the metadata rule to reach a guest.
+    * ``cors_max_age`` -- seconds a browser may cache a preflight answer (default 7200).
+    * ``json_discard_unknown`` -- ignore unknown fields in JSON requests, as other
+      Connect servers do (default True); False rejects them with ``invalid_argument``.
+    * ``server_options`` -- extra `uvicorn.Config` arguments, e.g.
+      ``{"timeout_keep_alive": 5, "limit_concurrency": 1000}``.
+    """
+
+    name = "connect"
+
+    def __init__(
+        self,
+        *,
+        max_body_size: int | str = DEFAULT_MAX_BODY_SIZE,
+        allow_headers: Iterable[str] | str = (),
+        cors_origins: Iterable[str] | str = (),
+        cors_headers: Iterable[str] | str = (),
+        cors_max_age: int = 7200,
+        json_discard_unknown: bool = True,
+        server_options: Mapping[str, Any] | None = None,
+    ):
+        self.max_body_size = parse_size(max_body_size, "max_body_size")
+        self.allow_headers = normalize_allow(_names(allow_headers))
+        self.cors_origins = tuple(_origins(cors_origins))
+        self.cors_headers = tuple(sorted(normalize_allow(_names(cors_headers))))
+        if isinstance(cors_max_age, bool) or not isinstance(cors_max_age, int) or cors_max_age < 0:
+            raise ConfigError(f"cors_max_age {cors_max_age!r} is not a number of seconds (0 or more)")
+        self.cors_max_age = cors_max_age
+        self.json_discard_unknown = bool(json_discard_unknown)
+        self.server_options = dict(server_options or {})
+        self.app: ConnectApp | None = None
+        self._runtime: Any = None
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self._ticker: asyncio.Task | None = None
+        self._stopped = False
+
+    async def start(self, runtime: Any, host: str, port: int) -> tuple[str, int]:
+        if self._server is not None:
+            raise RuntimeError("this Connect transport is already started; create another one")
+        routes = Routes(runtime, allow_headers=self.allow_headers)
+        cors = (
+            CorsPolicy(self.cors_origins, headers=self.cors_headers, max_age=self.cors_max_age)
+            if self.cors_origins
+            else None
+        )
+        self.app = ConnectApp(
+            routes,
+            max_body_size=self.max_body_size,
+            cors=cors,
+            codecs=(BinaryCodec(), JsonCodec(discard_unknown=self.json_discard_unknown)),
+        )
+        options = {
+            "http": _http_implementation(),
+            "ws": "none",
+            "lifespan": "off",
+            "log_config": None,
+            "access_log": False,
+            "server_header": False,
+            "proxy_headers": False,
+            **self.server_options,
+        }
+        try:
+            config = uvicorn.Config(self.app, **options)
+            config.load()
+        except (TypeError, ValueError, ImportError) as exc:
+            raise ConfigError(f"Connect transport: bad server_options: {exc}") from None
+        sock = _listen(host, port)
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        try:
+            await server.startup(sockets=[sock])
+        except BaseException:
+            sock.close()
+            raise
+        self._runtime, self._routes, self._server, self._socket = runtime, routes, server, sock
+        runtime.subscribe(self._on_event)
+        # uvicorn's main loop refreshes the Date header once a second.
+        self._ticker = asyncio.get_running_loop().create_task(server.main_loop())
+        bound = sock.getsockname()[1]
+        log.debug("HTTP listening on %s", _join(host, bound))
+        return host, bound
+
+    async def stop(self, grace: float) -> None:
+        server = self._server
+        if server is None or self._stopped:
+            return
+        self._stopped = True
+        unsubscribe = getattr(self._runtime, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self._on_event)
+        server.should_exit = True
+        if self._ticker is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        # Closes the listener, lets in-flight requests finish for `grace` seconds (idle
+        # keep-alive connections are closed at once), then cancels what still runs.
+        server.config.timeout_graceful_shutdown = max(grace, 0)
+        await server.shutdown(sockets=[self._socket])
+        for connection in list(server.server_state.connections):
+            connection.transport.close()
+
+    def _on_event(self, event: str, service: str) -> None:
+        if not self._stopped:
+            self._routes.forget()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0 picks a free one), or a clear error."""
+    address = _join(host, port)
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot listen for HTTP on {address}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen for HTTP on {address}: {exc.strerror or exc}; pick another host "
+            "or port (port 0 picks a free one)"
+        ) from None
+    return sock
+
+
+def _http_implementation() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency; h11 is the pure-Python fallback
+        return "h11"
+    return "httptools"
+
+
+def _names(value: Iterable[str] | str) -> list[str]:
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
+def _origins(value: Iterable[str] | str) -> list[str]:
+    origins = []
+    for origin in _names(value):
+        origin = origin.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+$", origin, re.IGNORECASE):
+            raise ConfigError(
+                f"CORS origin {origin!r} is not an origin: write scheme://host[:port] "
+                '(e.g. "https://app.example.com"), or "*" for any'
+            )
+        origins.append(origin.lower())
+    return origins
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: int | str, option: str) -> int:
+    """Bytes from an int or a string like "4MiB"; a clear ConfigError otherwise."""
+    size = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        size = int(match[1]) * _UNITS[match[2] and match[2].lower()]
+    if size is None or not 0 < size < 2**31:
+        raise ConfigError(
+            f"{option} {value!r} is not a size between 1 byte and 2 GiB: "
+            'write a number of bytes or e.g. "4MiB"'
+        )
+    return size
+
+
+def _join(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
