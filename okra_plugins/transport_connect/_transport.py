@@ -138,14 +138,28 @@ class ConnectTransport:
             unsubscribe(self._on_event)
         server.should_exit = True
         if self._ticker is not None:
+            self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        # Closes the listener, lets in-flight requests finish for `grace` seconds (idle
-        # keep-alive connections are closed at once), then cancels what still runs.
-        server.config.timeout_graceful_shutdown = max(grace, 0)
-        await server.shutdown(sockets=[self._socket])
-        for connection in list(server.server_state.connections):
+        # As uvicorn's own shutdown, polled more finely: close the listener, close idle
+        # keep-alive connections at once and the others after their response, give
+        # in-flight requests `grace` seconds, then cancel what still runs.
+        loop = asyncio.get_running_loop()
+        state = server.server_state
+        for listener in server.servers:
+            listener.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = loop.time() + max(grace, 0)
+        while (state.connections or state.tasks) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in list(state.tasks):
+            task.cancel()
+        for connection in list(state.connections):
             connection.transport.close()
+        for listener in server.servers:
+            await listener.wait_closed()
+        self._socket.close()
 
     def _on_event(self, event: str, service: str) -> None:
         if not self._stopped:
