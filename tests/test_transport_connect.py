@@ -309,10 +309,10 @@ def test_options_accept_sizes_and_comma_separated_lists():
     assert transport.cors_headers == ("x-request-id",)
 
 
-async def test_unknown_server_options_are_config_errors(runtime):
-    transport = ConnectTransport(server_options={"no_such_option": 1})
+@pytest.mark.parametrize("options", [{"no_such_option": 1}, {"http": "carrier-pigeon"}])
+def test_bad_server_options_are_config_errors_before_start(options):
     with pytest.raises(ConfigError, match="bad server_options"):
-        await transport.start(runtime, "127.0.0.1", 0)
+        ConnectTransport(server_options=options)
 
 
 async def test_port_in_use_is_a_config_error(server, runtime):

@@ -1,22 +1,16 @@
-"""The Connect transport: a uvicorn server on the runtime's event loop.
+"""The Connect transport: connectrpc's protocols over the runtime, on uvicorn.
 
-uvicorn with httptools serves HTTP/1.1 fastest of the ASGI servers measured here
-(`benchmarks/connect_echo.py`), and every protocol served here works over HTTP/1.1:
-Connect (unary and streaming) and gRPC-Web carry their status in the body. gRPC itself
-needs HTTP/2 trailers and has its own transport.
+Every protocol served here works over HTTP/1.1: Connect (unary and streaming) and
+gRPC-Web carry their status in the body. gRPC itself needs HTTP/2 trailers and has its
+own transport.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import uvicorn
 
 from okra_core.errors import ConfigError
 from okra_core.metadata import normalize_allow
@@ -25,6 +19,7 @@ from ._app import ConnectApp
 from ._codecs import BinaryCodec, JsonCodec
 from ._cors import CorsPolicy
 from ._routes import Routes
+from ._server import AsgiServer, join
 
 log = logging.getLogger("okra.transport.connect")
 
@@ -75,11 +70,11 @@ class ConnectTransport:
         self.cors_max_age = cors_max_age
         self.json_discard_unknown = bool(json_discard_unknown)
         self.server_options = dict(server_options or {})
+        AsgiServer(_no_app, self.server_options)  # checks them now, before any deploy
         self.app: ConnectApp | None = None
         self._runtime: Any = None
-        self._server: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
-        self._ticker: asyncio.Task | None = None
+        self._server: AsgiServer | None = None
+        self._routes: Routes | None = None
         self._stopped = False
 
     async def start(self, runtime: Any, host: str, port: int) -> tuple[str, int]:
@@ -97,105 +92,29 @@ class ConnectTransport:
             cors=cors,
             codecs=(BinaryCodec(), JsonCodec(discard_unknown=self.json_discard_unknown)),
         )
-        options = {
-            "http": _http_implementation(),
-            "ws": "none",
-            "lifespan": "off",
-            "log_config": None,
-            "access_log": False,
-            "server_header": False,
-            "proxy_headers": False,
-            **self.server_options,
-        }
-        try:
-            config = uvicorn.Config(self.app, **options)
-            config.load()
-        except (TypeError, ValueError, ImportError) as exc:
-            raise ConfigError(f"Connect transport: bad server_options: {exc}") from None
-        sock = _listen(host, port)
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        try:
-            await server.startup(sockets=[sock])
-        except BaseException:
-            sock.close()
-            raise
-        self._runtime, self._routes, self._server, self._socket = runtime, routes, server, sock
+        server = AsgiServer(self.app, self.server_options)
+        bound = await server.start(host, port)
+        self._runtime, self._routes, self._server = runtime, routes, server
         runtime.subscribe(self._on_event)
-        # uvicorn's main loop refreshes the Date header once a second.
-        self._ticker = asyncio.get_running_loop().create_task(server.main_loop())
-        bound = sock.getsockname()[1]
-        log.debug("HTTP listening on %s", _join(host, bound))
+        log.debug("HTTP listening on %s", join(host, bound))
         return host, bound
 
     async def stop(self, grace: float) -> None:
-        server = self._server
-        if server is None or self._stopped:
+        if self._server is None or self._stopped:
             return
         self._stopped = True
         unsubscribe = getattr(self._runtime, "unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe(self._on_event)
-        server.should_exit = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        # As uvicorn's own shutdown, polled more finely: close the listener, close idle
-        # keep-alive connections at once and the others after their response, give
-        # in-flight requests `grace` seconds, then cancel what still runs.
-        loop = asyncio.get_running_loop()
-        state = server.server_state
-        for listener in server.servers:
-            listener.close()
-        for connection in list(state.connections):
-            connection.shutdown()
-        deadline = loop.time() + max(grace, 0)
-        while (state.connections or state.tasks) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for task in list(state.tasks):
-            task.cancel()
-        for connection in list(state.connections):
-            connection.transport.close()
-        for listener in server.servers:
-            await listener.wait_closed()
-        self._socket.close()
+        await self._server.stop(grace)
 
     def _on_event(self, event: str, service: str) -> None:
         if not self._stopped:
             self._routes.forget()
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0 picks a free one), or a clear error."""
-    address = _join(host, port)
-    try:
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot listen for HTTP on {address}: {exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen for HTTP on {address}: {exc.strerror or exc}; pick another host "
-            "or port (port 0 picks a free one)"
-        ) from None
-    return sock
-
-
-def _http_implementation() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:  # pragma: no cover - a dependency; h11 is the pure-Python fallback
-        return "h11"
-    return "httptools"
+async def _no_app(scope, receive, send):  # pragma: no cover - never served
+    raise RuntimeError("placeholder application")
 
 
 def _names(value: Iterable[str] | str) -> list[str]:
@@ -234,9 +153,3 @@ def parse_size(value: int | str, option: str) -> int:
             'write a number of bytes or e.g. "4MiB"'
         )
     return size
-
-
-def _join(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}"
