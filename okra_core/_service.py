@@ -1,4 +1,8 @@
-"""The service actor: receives calls for one service and runs them on its worker pool."""
+"""The service actor: receives calls for one service and runs them on its worker pool.
+
+Unary calls (`Invoke`) are answered with the output; server-streaming calls
+(`InvokeStream`, see `_streaming`) with a stream of messages.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from okra_core import abi
+from okra_core._streaming import DEFAULT_BUFFER, InvokeStream, ResponseStream, open_stream
 from okra_core._workers import CallRunner, WorkerThreads
 from okra_core.descriptors import ServiceSchema, parse_input
 from okra_core.engine import GuestFault, GuestTrap
@@ -39,6 +44,8 @@ class ServiceActor:
         logger: logging.Logger,
         *,
         validate_output: bool = True,
+        abi_version: int = abi.ABI_VERSION,
+        stream_buffer: int = DEFAULT_BUFFER,
     ):
         self.schema = schema
         self.pool = pool
@@ -46,11 +53,20 @@ class ServiceActor:
         self.runner = runner
         self.log = logger
         self.validate_output = validate_output
+        #: The guest ABI version the service's package speaks.
+        self.abi_version = abi_version
+        #: How many messages of a stream may wait for a slow caller (`_streaming`).
+        self.stream_buffer = stream_buffer
+        #: Streaming calls whose guest is still running.
+        self.streams: set[ResponseStream] = set()
         self._prefixes = {
-            name: abi.request_prefix(schema.name, name) for name in schema.methods
+            name: abi.request_prefix(schema.name, name, stream=m.server_streaming)
+            for name, m in schema.methods.items()
         }
 
     async def receive(self, message: Invoke) -> bytes:
+        if message.__class__ is InvokeStream:
+            return await open_stream(self, message)
         method = self.schema.methods.get(message.method)
         if method is None:
             raise RpcError(
@@ -60,7 +76,8 @@ class ServiceActor:
         if method.client_streaming or method.server_streaming:
             raise RpcError(
                 StatusCode.UNIMPLEMENTED,
-                f"{method.full_path} is a streaming method; guest ABI v1 serves unary methods only",
+                f"{method.full_path} is a streaming method; Runtime.invoke serves unary methods "
+                "only (server-streaming methods: Runtime.invoke_stream)",
             )
         try:
             parse_input(method, message.payload)
@@ -123,6 +140,8 @@ class ServiceActor:
 
     async def on_stop(self) -> None:
         await self.pool.close(grace=10.0)
+        for stream in list(self.streams):  # still running after the grace period
+            stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")
         self.workers.close()
 
 

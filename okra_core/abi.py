@@ -1,18 +1,24 @@
-"""The guest ABI, version 1 (`docs/abi.md`): names, envelopes and `okra.abi`.
+"""The guest ABI (`docs/abi.md`): names, envelopes and `okra.abi`.
 
+Version 1 serves unary methods; version 2 adds server streaming (`okra.abi.send`).
 Envelopes are protobuf messages, encoded and decoded here by hand: they are tiny, and a
 hand-written codec costs well under a microsecond, which matters on the request path.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from typing import Protocol
 
-from okra_core.hostapi import HostContext, HostFunction
+from okra_core.hostapi import HostContext, HostError, HostFunction
 from okra_core.status import StatusCode
 
+#: The version guests built by this OKRA speak (written into their manifests).
 ABI_VERSION = 1
-SUPPORTED_ABI_VERSIONS = frozenset({1})
+SUPPORTED_ABI_VERSIONS = frozenset({1, 2})
+#: The first version with server streaming (`okra.abi.send`, `Request.stream`).
+STREAMING_ABI_VERSION = 2
 
 EXPORT_MEMORY = "memory"
 EXPORT_INITIALIZE = "_initialize"
@@ -67,10 +73,12 @@ def _field_bytes(tag: bytes, value: bytes) -> bytes:
     return tag + encode_varint(len(value)) + value
 
 
-def request_prefix(service: str, method: str) -> bytes:
-    """The constant part of every request envelope for one method (service, method);
-    computed once per method, so building an envelope is one concatenation."""
-    return _field_bytes(b"\x22", service.encode()) + _field_bytes(b"\x0a", method.encode())
+def request_prefix(service: str, method: str, *, stream: bool = False) -> bytes:
+    """The constant part of every request envelope for one method (service, method and,
+    for a server-streaming method, `stream: true`); computed once per method, so
+    building an envelope is one concatenation."""
+    prefix = _field_bytes(b"\x22", service.encode()) + _field_bytes(b"\x0a", method.encode())
+    return prefix + b"\x28\x01" if stream else prefix
 
 
 def encode_metadata(metadata: Iterable[tuple[str, str]]) -> bytes:
@@ -88,9 +96,16 @@ def encode_request(prefix: bytes, payload: bytes, metadata: bytes = b"") -> byte
 
 def decode_request(data: bytes) -> tuple[str, str, bytes, list[tuple[str, str]]]:
     """(service, method, input, metadata); for tests and guests written in Python."""
+    service, method, payload, metadata, _ = decode_request_v2(data)
+    return service, method, payload, metadata
+
+
+def decode_request_v2(data: bytes) -> tuple[str, str, bytes, list[tuple[str, str]], bool]:
+    """(service, method, input, metadata, stream); for tests and guests written in Python."""
     service = method = ""
     payload = b""
     metadata: list[tuple[str, str]] = []
+    stream = False
     for number, value in _iter_fields(data):
         if number == 1:
             method = bytes(value).decode()
@@ -101,7 +116,9 @@ def decode_request(data: bytes) -> tuple[str, str, bytes, list[tuple[str, str]]]
             metadata.append((bytes(entry.get(1, b"")).decode(), bytes(entry.get(2, b"")).decode()))
         elif number == 4:
             service = bytes(value).decode()
-    return service, method, payload, metadata
+        elif number == 5:
+            stream = bool(value)
+    return service, method, payload, metadata, stream
 
 
 def encode_response(output: bytes = b"", code: int = 0, message: str = "") -> bytes:
@@ -180,6 +197,45 @@ def _take(ctx: HostContext, ptr: int, cap: int) -> int:
     return len(data)
 
 
-def abi_functions() -> list[HostFunction]:
-    """`okra.abi`, linked into every instance."""
-    return [HostFunction(ABI_NAMESPACE, "take", ("i32", "i32"), _take, blocking=False)]
+class StreamSink(Protocol):
+    """Where `okra.abi.send` delivers the messages of the streaming call in progress."""
+
+    def send(self, message: bytes) -> None:
+        """Take one response message; may block while the caller catches up (that is
+        the backpressure). Raises HostError when the call is over for the guest
+        (CANCELLED, DEADLINE_EXCEEDED, or INTERNAL for a message that is invalid)."""
+
+
+# Host functions run on the thread that called into the guest (wasmtime and wasm3 both
+# call them synchronously), so the streaming call in progress is found per thread and
+# the instance carries no per-call state.
+_calls = threading.local()
+
+
+def bind_stream(sink: StreamSink | None) -> None:
+    """Make `sink` receive what the guest running on this thread sends (None: unbind)."""
+    _calls.stream = sink
+
+
+def _send(ctx: HostContext, ptr: int, length: int) -> int:
+    sink = getattr(_calls, "stream", None)
+    if sink is None:
+        raise HostError(
+            StatusCode.FAILED_PRECONDITION,
+            "okra.abi.send called outside a server-streaming call",
+        )
+    assert ctx.memory is not None
+    sink.send(ctx.memory.read(ptr, length))
+    return 0
+
+
+def abi_functions(version: int = ABI_VERSION) -> list[HostFunction]:
+    """`okra.abi` as a guest speaking `version` sees it; linked into every instance."""
+    functions = [HostFunction(ABI_NAMESPACE, "take", ("i32", "i32"), _take, blocking=False)]
+    if version >= STREAMING_ABI_VERSION:
+        # `send` blocks only inside a streaming call, and those always run on worker
+        # threads; in a unary call it fails at once, so it never blocks an inline call.
+        functions.append(
+            HostFunction(ABI_NAMESPACE, "send", ("i32", "i32"), _send, blocking=False)
+        )
+    return functions

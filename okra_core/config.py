@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from okra_core.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
@@ -25,6 +27,15 @@ class RuntimeConfig:
     inline_calls: bool = True
     #: Check that guest output parses as the method's response type (INTERNAL if not).
     validate_output: bool = True
+    #: How many messages of one server-streaming call may wait for a slow caller before
+    #: the guest is paused (its next `okra.abi.send` blocks until the caller reads).
+    stream_buffer: int = 8
+
+    def __post_init__(self) -> None:
+        if self.stream_buffer < 1:
+            raise ConfigError(
+                f"stream_buffer must be at least 1 (messages), got {self.stream_buffer}"
+            )
 
     def allows(self, namespace: str) -> bool:
         return self.allowed_host_apis is None or namespace in self.allowed_host_apis

@@ -4,7 +4,8 @@ Deploying a package checks it against this runtime (ABI version, host API grants
 operator policy, required exports), compiles its module through the engine plugin, probes
 one instance, then starts one service actor per service, each with its worker pool. A
 deploy is all or nothing. Calls (`invoke`) find the service's actor by its fully
-qualified name and ask it; transports are thin layers over `invoke`.
+qualified name and ask it; transports are thin layers over `invoke` and, for
+server-streaming methods, `invoke_stream`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from okra_core import abi
 from okra_core._service import Invoke, ServiceActor
+from okra_core._streaming import InvokeStream
 from okra_core._workers import CallRunner, WorkerThreads
 from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
 from okra_core.config import RuntimeConfig
@@ -155,6 +157,44 @@ class Runtime:
         except ActorStopped:
             raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
 
+    async def invoke_stream(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Call a server-streaming method: yields each response message (binary
+        protobuf) as the guest produces it. Raises RpcError, before or after some
+        messages. Closing the iterator early (`aclose()`, or leaving an `async for`)
+        cancels the call: the guest sees its next `okra.abi.send` fail.
+
+        Nothing happens until the first message is asked for. A caller that reads
+        slowly pauses the guest (a few messages are buffered, never the whole stream).
+        """
+        system = self._actor_system
+        if system is None:
+            raise RpcError(StatusCode.UNAVAILABLE, "runtime is not started")
+        try:
+            ref = system.lookup(service)
+        except ActorNotFound:
+            raise RpcError(
+                StatusCode.UNIMPLEMENTED, f"service {service} is not deployed"
+            ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.default_timeout if timeout is None else timeout)
+        try:
+            stream = await ref.ask(InvokeStream(method, payload, metadata, deadline))
+        except ActorStopped:
+            raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            stream.close()
+
     # -- deploy ----------------------------------------------------------------------
 
     async def deploy(self, package: Package) -> list[str]:
@@ -169,7 +209,7 @@ class Runtime:
             grants = self._grant(package)
             module = await asyncio.to_thread(engine.compile, package.wasm)
             check_exports(module)
-            check_imports(module, grants, manifest.host_apis, self.config)
+            check_imports(module, grants, manifest.host_apis, self.config, manifest.abi_version)
             schemas = {name: package.schema(name) for name in manifest.services}
 
             actors: dict[str, ServiceActor] = {}
@@ -234,9 +274,10 @@ class Runtime:
     def _check_abi_version(self, version: int) -> None:
         if version not in abi.SUPPORTED_ABI_VERSIONS:
             supported = ", ".join(map(str, sorted(abi.SUPPORTED_ABI_VERSIONS)))
+            plural = "s" if len(abi.SUPPORTED_ABI_VERSIONS) > 1 else ""
             raise AbiError(
                 f"package speaks guest ABI version {version}, but this runtime supports "
-                f"version {supported}: rebuild it with a matching SDK or upgrade OKRA"
+                f"version{plural} {supported}: rebuild it with a matching SDK or upgrade OKRA"
             )
 
     def _grant(self, package: Package) -> dict[str, HostFunction]:
@@ -284,7 +325,7 @@ class Runtime:
     ) -> ServiceActor:
         manifest = package.manifest
         logger = logging.getLogger(f"okra.service.{schema.name}")
-        functions = [*abi.abi_functions(), *grants.values()]
+        functions = [*abi.abi_functions(manifest.abi_version), *grants.values()]
         configs = {ns: dict(cfg) for ns, cfg in manifest.host_apis.items()}
 
         def create() -> Instance:
@@ -325,7 +366,14 @@ class Runtime:
             inline_allowed=self.config.inline_calls and not any(f.blocking for f in functions),
         )
         return ServiceActor(
-            schema, pool, workers, runner, logger, validate_output=self.config.validate_output
+            schema,
+            pool,
+            workers,
+            runner,
+            logger,
+            validate_output=self.config.validate_output,
+            abi_version=manifest.abi_version,
+            stream_buffer=self.config.stream_buffer,
         )
 
 
@@ -336,13 +384,13 @@ def check_exports(module: CompiledModule) -> None:
         expected = "memory" if signature is None else "func"
         if export is None or export.kind != expected:
             raise AbiError(
-                f"module does not export {expected} {name!r} required by guest ABI v1: "
+                f"module does not export {expected} {name!r} required by the guest ABI: "
                 "was it built with an OKRA SDK?"
             )
         if signature is not None and (export.params, export.results) != signature:
             raise AbiError(
-                f"export {name!r} has type {_sig(export.params, export.results)}, but guest "
-                f"ABI v1 requires {_sig(*signature)}"
+                f"export {name!r} has type {_sig(export.params, export.results)}, but the "
+                f"guest ABI requires {_sig(*signature)}"
             )
 
 
@@ -351,10 +399,11 @@ def check_imports(
     grants: Mapping[str, HostFunction],
     requested: Mapping[str, Any],
     config: RuntimeConfig,
+    abi_version: int = abi.ABI_VERSION,
 ) -> None:
-    """Every import must be WASI, `okra.abi`, or a granted host function; otherwise the
-    error names the import and what would grant it."""
-    abi_names = {fn.name: fn for fn in abi.abi_functions()}
+    """Every import must be WASI, `okra.abi` (as of the module's ABI version), or a
+    granted host function; otherwise the error names the import and what would grant it."""
+    abi_names = {fn.name: fn for fn in abi.abi_functions(abi_version)}
     for imp in module.imports:
         if imp.module == abi.WASI_NAMESPACE:
             continue  # the engine links WASI; an unknown WASI function fails at probe
@@ -362,7 +411,7 @@ def check_imports(
         if imp.module == abi.ABI_NAMESPACE:
             fn = abi_names.get(imp.name)
             if fn is None:
-                raise AbiError(f"module imports {name}, which guest ABI v1 does not define")
+                raise AbiError(_undefined_abi_function(name, imp.name, abi_version))
         elif imp.module.startswith(abi.HOST_API_PREFIX):
             fn = grants.get(name)
             if fn is None:
@@ -378,6 +427,17 @@ def check_imports(
                 f"module imports {name} as {imp.kind} {_sig(imp.params, imp.results)}, but "
                 f"the host provides func {_sig(fn.params, fn.results)}"
             )
+
+
+def _undefined_abi_function(name: str, function: str, abi_version: int) -> str:
+    message = f"module imports {name}, which guest ABI v{abi_version} does not define"
+    for later in sorted(abi.SUPPORTED_ABI_VERSIONS):
+        if later > abi_version and any(fn.name == function for fn in abi.abi_functions(later)):
+            return (
+                f"{message}; it arrived in v{later}: build the module for guest ABI v{later} "
+                f'and say "abi_version": {later} in okra.service.json'
+            )
+    return message
 
 
 def _why_not_granted(

@@ -148,7 +148,7 @@ async def test_bad_host_api_config_fails_deploy(runtime, package):
 
 
 async def test_unknown_abi_version_in_manifest_is_refused(runtime, package):
-    with pytest.raises(AbiError, match="guest ABI version 7, but this runtime supports version 1"):
+    with pytest.raises(AbiError, match="guest ABI version 7, but this runtime supports versions 1, 2"):
         await runtime.deploy(package(abi_version=7))
 
 
