@@ -130,12 +130,20 @@ def server_options(command):
             help="gRPC port; 0 picks a free one.",
         ),
         click.option(
-            "--grpc-max-message-size", default="4MiB", show_default=True, metavar="SIZE",
-            help="Largest gRPC request or response (e.g. 512KiB, 16MiB); larger ones get RESOURCE_EXHAUSTED.",
+            "--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+            help="HTTP port for Connect, gRPC-Web and JSON; 0 picks a free one.",
         ),
         click.option(
-            "--grpc-allow-header", "grpc_allow_headers", multiple=True, metavar="NAME",
+            "--max-message-size", default="4MiB", show_default=True, metavar="SIZE",
+            help="Largest request or response on either transport (e.g. 512KiB, 16MiB).",
+        ),
+        click.option(
+            "--allow-header", "allow_headers", multiple=True, metavar="NAME",
             help="Forward this secret-looking request header to guests (repeat; see docs/transports.md).",
+        ),
+        click.option(
+            "--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+            help="Let browser pages from ORIGIN call the HTTP port (repeat; '*' for any). Off by default.",
         ),
         click.option(
             "--allow-host-api", "allowed", multiple=True, metavar="NAMESPACE",
@@ -155,8 +163,8 @@ def server_options(command):
 
 
 def _serve(
-    packages, *, host, grpc_port, grpc_max_message_size, grpc_allow_headers, allowed, engine,
-    cache_dir, log_level, grace,
+    packages, *, host, grpc_port, http_port, max_message_size, allow_headers, cors_origins,
+    allowed, engine, cache_dir, log_level, grace,
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.serve import Listener, Server, serve_until_signalled
@@ -168,13 +176,25 @@ def _serve(
         engine_options=options,
         allowed_host_apis=frozenset(allowed) if allowed else None,
     )
-    grpc_options = {"max_message_size": grpc_max_message_size, "allow_headers": grpc_allow_headers}
-    listeners = [Listener("grpc", host, grpc_port, grpc_options)]
+    listeners = [
+        Listener(
+            "grpc", host, grpc_port,
+            {"max_message_size": max_message_size, "allow_headers": allow_headers},
+        ),
+        Listener(
+            "connect", host, http_port,
+            {
+                "max_body_size": max_message_size,
+                "allow_headers": allow_headers,
+                "cors_origins": cors_origins,
+            },
+        ),
+    ]
     server = Server(packages, listeners, config=config, grace=grace)
 
     def ready(server: Server) -> None:
         for name, bound_host, port in server.addresses:
-            label = {"grpc": "gRPC"}.get(name, name)
+            label = {"grpc": "gRPC", "connect": "HTTP"}.get(name, name)
             click.echo(f"{label} listening on {bound_host}:{port}")
         for service in server.runtime.services():
             click.echo(f"  serving {service}")

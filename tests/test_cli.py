@@ -129,7 +129,7 @@ def test_conflicting_plugin_is_one_clear_error(tmp_path):
 def test_serving_a_file_that_is_not_a_package_is_one_line(tmp_path):
     bogus = tmp_path / "bogus.okra.pkg"
     bogus.write_bytes(b"definitely not a zip")
-    result = okra("serve", str(bogus), "--grpc-port", "0")
+    result = okra("serve", str(bogus), "--grpc-port", "0", "--http-port", "0")
     assert_one_line_error(result, "bogus.okra.pkg")
 
 
@@ -139,7 +139,7 @@ def test_serving_a_package_with_an_ungranted_import_fails_at_deploy(tmp_path):
     package = write_package(
         tmp_path / "log.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors
     )
-    result = okra("serve", str(package), "--grpc-port", "0", env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
+    result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(
         result,
         'module imports okra.log.write, but the manifest does not grant it: add "okra.log" to "host_apis" in okra.service.json',
@@ -151,7 +151,7 @@ def test_operator_policy_flag_denies_a_requested_host_api(tmp_path):
     descriptors = compile_protos(tmp_path, ["greeter/v1/greeter.proto"])
     wasm = wasmtime.wat2wasm((FIXTURES_DIR / "log.wat").read_text())
     package = write_package(tmp_path / "log.okra.pkg", manifest=make_manifest(), wasm=wasm, descriptor_set=descriptors)
-    result = okra("serve", str(package), "--grpc-port", "0", "--allow-host-api", "okra.http",
+    result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--allow-host-api", "okra.http",
                   env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(result, "requests host API okra.log, which the operator policy does not allow (allowed: okra.http)")
 
@@ -188,7 +188,7 @@ def test_bad_transport_option_is_one_line(tmp_path):
     descriptors = compile_protos(tmp_path, ["greeter/v1/greeter.proto"])
     wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
     package = write_package(tmp_path / "echo.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors)
-    result = okra("serve", str(package), "--grpc-port", "0", "--grpc-max-message-size", "lots",
+    result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--max-message-size", "lots",
                   env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(result, "lots")
 

@@ -160,7 +160,7 @@ def okra(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProce
 def test_okra_serve_and_okra_call(package_path, tmp_path):
     env = {**os.environ, "OKRA_CACHE_DIR": str(tmp_path / "cache")}
     server = subprocess.Popen(
-        [OKRA, "serve", str(package_path), "--grpc-port", "0", "--grace", "5"],
+        [OKRA, "serve", str(package_path), "--grpc-port", "0", "--http-port", "0", "--grace", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -168,6 +168,8 @@ def test_okra_serve_and_okra_call(package_path, tmp_path):
         match = re.match(r"gRPC listening on (\S+):(\d+)", line)
         assert match, f"unexpected first line {line!r}; stderr: {server.stderr.read() if server.poll() is not None else ''}"
         address = f"{match[1]}:{match[2]}"
+        http_line = server.stdout.readline()
+        assert re.match(r"HTTP listening on 127\.0\.0\.1:\d+$", http_line.strip()), http_line
 
         result = okra("call", f"{ECHO}/Say", '{"text": "cli", "repeat_count": 2}', "--address", address)
         assert result.returncode == 0, result.stderr
