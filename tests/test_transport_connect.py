@@ -30,7 +30,8 @@
 #   end-of-stream with the error after some messages; a client that leaves closes the
 #   runtime's stream; a runtime without invoke_stream -> unimplemented.
 # - bad input: wrong content type -> 415; oversized body -> resource_exhausted and the
-#   runtime never called; unknown service / method -> 404 unimplemented naming what
+#   runtime never called; an oversized response (unary, or one message of a stream) ->
+#   resource_exhausted; unknown service / method -> 404 unimplemented naming what
 #   exists; client and bidi streaming -> unimplemented. The server serves on after each.
 # - metadata: the shared header rule (as gRPC's): protocol, framing (x-grpc-web) and
 #   secret-looking headers dropped, allow_headers lifts the secret rule.
@@ -770,6 +771,29 @@ async def test_oversized_body_is_resource_exhausted_and_never_reaches_the_runtim
             assert response.error()[0] == "resource_exhausted"
     assert runtime.calls == []
     await assert_still_serving(server, types)
+
+
+async def test_oversized_response_is_resource_exhausted(start, echo_set, types):
+    runtime = FakeRuntime()
+    big = types("SayResponse")(text="y" * 2000).SerializeToString()
+
+    async def say(call):
+        return big
+
+    async def watch(call):
+        yield types("SayResponse")(text="small").SerializeToString()
+        yield big
+
+    runtime.deploy(echo_set, ECHO, {"Say": say, "Watch": watch})
+    server = await start(runtime, max_body_size=1024)
+    response = await server.post(SAY)
+    assert response.status == 429
+    code, message = response.error()
+    assert code == "resource_exhausted" and f"({len(big)} bytes)" in message and "(1024 bytes)" in message
+    response = await server.post(f"/{ECHO}/Watch", envelope(b""), "application/connect+proto")
+    (_, small), (_, end) = frames(response.body)
+    assert types("SayResponse").FromString(small).text == "small"
+    assert json.loads(end)["error"]["code"] == "resource_exhausted"
 
 
 async def test_unknown_service_is_unimplemented_404_naming_what_is_deployed(server, types):

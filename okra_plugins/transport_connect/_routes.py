@@ -51,9 +51,12 @@ class Refusal:
 class Routes(Mapping[str, Endpoint]):
     """URL path -> connectrpc endpoint of a deployed method, resolved on demand."""
 
-    def __init__(self, runtime: Any, *, allow_headers: Collection[str] = ()):
+    def __init__(
+        self, runtime: Any, *, allow_headers: Collection[str] = (), max_response_size: int | None = None
+    ):
         self._runtime = runtime
         self._allow = frozenset(allow_headers)
+        self._max_response = max_response_size
         self._cache: dict[str, Endpoint] = {}
 
     def forget(self) -> None:
@@ -145,6 +148,7 @@ class Routes(Mapping[str, Endpoint]):
         allow = self._allow
         name = method.name
         output_class = method.output_class
+        limit = self._max_response
 
         async def call(request: bytes, ctx: RequestContext) -> Reply:
             try:
@@ -160,6 +164,8 @@ class Routes(Mapping[str, Endpoint]):
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, name)
                 raise ConnectError(Code.INTERNAL, "internal error; see the server log") from None
+            if limit is not None and len(response) > limit:
+                raise _too_large(response, limit)
             return Reply(response, output_class)
 
         return call
@@ -169,6 +175,7 @@ class Routes(Mapping[str, Endpoint]):
         allow = self._allow
         name = method.name
         output_class = method.output_class
+        limit = self._max_response
 
         async def call(request: bytes, ctx: RequestContext) -> AsyncIterator[Reply]:
             stream = None
@@ -181,9 +188,13 @@ class Routes(Mapping[str, Endpoint]):
                     timeout=_timeout(ctx),
                 )
                 async for response in stream:
+                    if limit is not None and len(response) > limit:
+                        raise _too_large(response, limit)
                     yield Reply(response, output_class)
             except RpcError as error:
                 raise ConnectError(TO_CONNECT[error.code], error.message) from None
+            except ConnectError:
+                raise
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, name)
                 raise ConnectError(Code.INTERNAL, "internal error; see the server log") from None
@@ -201,6 +212,14 @@ def forwarded_metadata(ctx: RequestContext, allow: Collection[str]) -> list[tupl
     return filter_metadata(
         (item for item in ctx.request_headers.allitems() if item[0] not in GRPC_WEB_HEADERS),
         allow,
+    )
+
+
+def _too_large(response: bytes, limit: int) -> ConnectError:
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"the response message ({len(response)} bytes) is larger than the server's limit "
+        f"({limit} bytes)",
     )
 
 

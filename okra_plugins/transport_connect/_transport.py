@@ -32,9 +32,9 @@ class ConnectTransport:
 
     Options (`okra_core.plugins.Registry.transport("connect", **options)`):
 
-    * ``max_body_size`` -- largest request message, in bytes (an int, or a string such
-      as ``"4MiB"``, ``"512KiB"``), checked before and after decompression; larger ones
-      fail with ``resource_exhausted``. Default 4 MiB.
+    * ``max_body_size`` -- largest request or response message, in bytes (an int, or a
+      string such as ``"4MiB"``, ``"512KiB"``); requests are checked before and after
+      decompression. Larger ones fail with ``resource_exhausted``. Default 4 MiB.
     * ``allow_headers`` -- header names forwarded to guests even though they look like
       credentials (see `okra_core.metadata.is_forwarded`), e.g. ``["authorization"]``.
     * ``cors_origins`` -- origins browsers may call from (``"https://app.example.com"``,
@@ -80,7 +80,9 @@ class ConnectTransport:
     async def start(self, runtime: Any, host: str, port: int) -> tuple[str, int]:
         if self._server is not None:
             raise RuntimeError("this Connect transport is already started; create another one")
-        routes = Routes(runtime, allow_headers=self.allow_headers)
+        routes = Routes(
+            runtime, allow_headers=self.allow_headers, max_response_size=self.max_body_size
+        )
         cors = (
             CorsPolicy(self.cors_origins, headers=self.cors_headers, max_age=self.cors_max_age)
             if self.cors_origins
