@@ -25,6 +25,11 @@ class GuestTrap(Exception):
     """
 
 
+class GuestTimeout(GuestTrap):
+    """The call ran past its deadline and the engine stopped it (a hard deadline, not a
+    caller giving up). Like any trap, the instance must be discarded."""
+
+
 class GuestFault(Exception):
     """The guest broke the ABI (a response outside memory, a missing buffer...).
 
@@ -62,10 +67,12 @@ class Instance(Protocol):
     def abi_version(self) -> int:
         """Call the guest's `okra_abi_version` export."""
 
-    def handle(self, request: bytes) -> bytes:
+    def handle(self, request: bytes, deadline: float | None = None) -> bytes:
         """Run one request envelope through `okra_handle`; return the response envelope.
 
-        Raises GuestTrap or GuestFault; the caller must then discard the instance.
+        `deadline` is a `time.monotonic()` instant: a guest still running then is stopped
+        (GuestTimeout). Raises GuestTrap or GuestFault; the caller must then discard the
+        instance.
         """
 
     def close(self) -> None:

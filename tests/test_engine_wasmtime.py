@@ -54,6 +54,11 @@
 #   - cache_dir=None disables the cache; the default follows OKRA_CACHE_DIR,
 #     XDG_CACHE_HOME, HOME
 #   - an unwritable cache directory only warns
+#   - a cache directory others may write is never loaded from
+# Hard deadlines
+#   - a call's deadline stops a guest that never returns (GuestTimeout, about on time),
+#     and the instance refuses further calls
+#   - a deadline applies to its own call only; other traps stay plain GuestTraps
 
 from __future__ import annotations
 
@@ -66,13 +71,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pluggy
 import pytest
 import wasmtime
 
 from okra_core import abi, hookspecs
-from okra_core.engine import CompiledModule, Engine, GuestFault, GuestTrap, Instance
+from okra_core.engine import CompiledModule, Engine, GuestFault, GuestTimeout, GuestTrap, Instance
 from okra_core.errors import AbiError, CapabilityError, ConfigError, DeployError, PackageError
 from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.plugins import Registry
@@ -769,3 +775,35 @@ def test_cache_others_may_write_is_never_loaded_from(tmp_path, caplog):
     assert "must be owned by this user and not writable by group or others" in caplog.text
     cache.chmod(0o700)
     assert create_engine(cache_dir=cache).compile(wasm("echo")).from_cache is True
+
+
+# -- hard deadlines (epoch interruption) -----------------------------------------------
+
+
+def test_deadline_stops_a_guest_that_never_returns(engine):
+    instance = start(engine, "forever")
+    began = time.monotonic()
+    with pytest.raises(GuestTimeout, match="deadline exceeded: the guest was stopped after"):
+        instance.handle(request(b""), deadline=time.monotonic() + 0.2)
+    assert 0.15 < time.monotonic() - began < 2.0
+    with pytest.raises(GuestFault, match="must be discarded"):
+        instance.handle(request(b""))
+
+
+def test_deadline_of_one_call_does_not_leak_into_the_next(engine):
+    echo = start(engine, "echo")
+    for _ in range(3):  # a generous deadline, then none: neither interrupts
+        assert abi.decode_response(echo.handle(request(b"a"), deadline=time.monotonic() + 5))[0] == b"a"
+    assert abi.decode_response(echo.handle(request(b"b")))[0] == b"b"
+    time.sleep(0.05)  # the epoch moves on; an old deadline would now have passed
+    assert abi.decode_response(echo.handle(request(b"c")))[0] == b"c"
+    assert echo.abi_version() == 1
+    spin = start(engine, "spin")  # finite, and well within its deadline
+    assert abi.decode_response(spin.handle(request(b""), deadline=time.monotonic() + 30)) == (b"", 0, "")
+
+
+def test_trap_other_than_the_deadline_is_a_plain_trap(engine):
+    instance = start(engine, "trap")
+    with pytest.raises(GuestTrap) as info:
+        instance.handle(request(b""), deadline=time.monotonic() + 5)
+    assert not isinstance(info.value, GuestTimeout)

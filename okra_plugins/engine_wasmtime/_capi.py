@@ -34,6 +34,10 @@ memory_data = _lean("wasmtime_memory_data")
 #: (context*, memory*) -> size_t bytes
 memory_data_size = _lean("wasmtime_memory_data_size", ctypes.c_size_t)
 
+#: (context*, uint64 ticks beyond the current epoch) -> void
+set_epoch_deadline = _lean("wasmtime_context_set_epoch_deadline", None)
+set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+
 #: The raw host-function callback: (env, caller*, args_and_results*, n) -> wasm_trap_t*.
 #: Arguments and results share one array of 16-byte `wasmtime_val_raw_t` slots, seen
 #: here as int64 words: slot i is word 2*i.

@@ -16,6 +16,7 @@ import wasmtime
 
 from okra_core.errors import ConfigError, PackageError
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
+from okra_plugins.engine_wasmtime._epoch import EpochTicker
 from okra_plugins.engine_wasmtime._failures import one_line
 from okra_plugins.engine_wasmtime._hostfuncs import functype
 from okra_plugins.engine_wasmtime._module import WasmtimeModule
@@ -68,6 +69,8 @@ class WasmtimeEngine:
         config.epoch_interruption = epoch_interruption
         config.cranelift_opt_level = opt_level
         self.wasmtime_engine = wasmtime.Engine(config)
+        #: Advances the epoch so call deadlines stop running guests.
+        self.ticker = EpochTicker(self.wasmtime_engine) if epoch_interruption else None
 
         if cache_dir is _DEFAULT:
             cache_dir = default_cache_dir()

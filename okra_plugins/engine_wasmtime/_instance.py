@@ -13,17 +13,20 @@ threads (ctypes releases the GIL while wasm runs); one instance runs one call at
 from __future__ import annotations
 
 import ctypes
+import time
 
 import wasmtime
 
-from okra_core.engine import GuestFault, GuestTrap
+from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
 from okra_plugins.engine_wasmtime import _capi
+from okra_plugins.engine_wasmtime._epoch import NEVER, EpochTicker
 from okra_plugins.engine_wasmtime._failures import one_line
 from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
 _func_call = _capi.func_call_unchecked
 _memory_data = _capi.memory_data
 _memory_data_size = _capi.memory_data_size
+_set_epoch_deadline = _capi.set_epoch_deadline
 _U32 = 0xFFFFFFFF
 #: The length of the argument/result array (two slots), passed with every call: it must
 #: cover the function's parameters and its results.
@@ -55,6 +58,9 @@ class WasmtimeInstance:
         "_buf",
         "_cap",
         "_state",
+        "_ticker",
+        "_armed",
+        "_started",
     )
 
     def __init__(
@@ -64,8 +70,13 @@ class WasmtimeInstance:
         memory: wasmtime.Memory,
         guest_memory: WasmtimeMemory,
         callbacks: list,
+        ticker: EpochTicker | None = None,
     ):
         self._store = store
+        #: Sets hard deadlines; None when the engine is compiled without epoch checks.
+        self._ticker = ticker
+        self._armed = False  # a deadline is set on the store
+        self._started = 0.0
         # The Func and Memory objects own the C structs whose addresses we pass below.
         self._funcs = exports
         self._memory_export = memory
@@ -93,10 +104,17 @@ class WasmtimeInstance:
 
     # -- the request path -------------------------------------------------------------
 
-    def handle(self, request: bytes) -> bytes:
+    def handle(self, request: bytes, deadline: float | None = None) -> bytes:
         n = len(request)
         if n > self._cap:
             self._reserve(n)
+        if deadline is not None and self._ticker is not None:
+            _set_epoch_deadline(self._ctx, self._ticker.ticks_until(deadline))
+            self._armed = True
+            self._started = time.monotonic()
+        elif self._armed:
+            _set_epoch_deadline(self._ctx, NEVER)
+            self._armed = False
         buf = self._buf
         self._view[buf : buf + n] = request
         words = self._words
@@ -187,6 +205,9 @@ class WasmtimeInstance:
             )
 
     def _call(self, func: ctypes.c_void_p, what: str) -> None:
+        if self._armed:  # the last request's deadline does not apply here
+            _set_epoch_deadline(self._ctx, NEVER)
+            self._armed = False
         err = _func_call(self._ctx, func, self._args, _SLOTS, self._trap_slot)
         if err is not None or self._trap.value:
             self._raise_failure(what, err)
@@ -214,7 +235,13 @@ class WasmtimeInstance:
         if trap_addr:
             if err:
                 _capi.error_from_address(err)  # owned: freed when collected
-            message = one_line(_capi.trap_from_address(trap_addr).message)
+            trap = _capi.trap_from_address(trap_addr)
+            if self._armed and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+                elapsed = time.monotonic() - self._started
+                raise GuestTimeout(
+                    f"{what}: deadline exceeded: the guest was stopped after {elapsed:.3f}s"
+                )
+            message = one_line(trap.message)
         else:
             error = _capi.error_from_address(err)
             if isinstance(error, wasmtime.ExitTrap):

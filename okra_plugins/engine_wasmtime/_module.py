@@ -13,10 +13,10 @@ from okra_core.hostapi import HostContext, HostFunction
 from okra_plugins.engine_wasmtime import _capi, _wasi
 from okra_plugins.engine_wasmtime._failures import one_line
 from okra_plugins.engine_wasmtime._hostfuncs import host_callback
+from okra_plugins.engine_wasmtime._epoch import NEVER
 from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
 from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
-_EPOCH_NEVER = 1 << 62
 
 
 def _canonical_valtypes() -> list[tuple[object, str]]:
@@ -89,7 +89,7 @@ class WasmtimeModule:
         engine = self._engine.wasmtime_engine
         store = wasmtime.Store(engine)
         if self._engine.epoch_interruption:
-            store.set_epoch_deadline(_EPOCH_NEVER)
+            store.set_epoch_deadline(NEVER)
         store.set_wasi(wasmtime.WasiConfig())  # no preopens, no env, no args, no stdio
 
         guest_memory = WasmtimeMemory()
@@ -138,7 +138,9 @@ class WasmtimeModule:
                 "was it built with an OKRA SDK?"
             )
         funcs = {name: ext for name, ext in exports.items() if isinstance(ext, wasmtime.Func)}
-        instance = WasmtimeInstance(store, funcs, memory, guest_memory, callbacks)
+        instance = WasmtimeInstance(
+            store, funcs, memory, guest_memory, callbacks, self._engine.ticker
+        )
         context.memory = guest_memory
         try:
             instance.start(abi.INITIAL_BUFFER_SIZE)
