@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from okra_core import abi
 from okra_core._streaming import DEFAULT_BUFFER, InvokeStream, ResponseStream, open_stream
-from okra_core._workers import CallRunner, WorkerThreads
+from okra_core._workers import CallRunner, InlineOverrun, WorkerThreads
 from okra_core.descriptors import ServiceSchema, parse_input
-from okra_core.engine import GuestFault, GuestTrap
+from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
 from okra_core.pool import WorkerPool
 from okra_core.status import RpcError, StatusCode
 
@@ -92,28 +92,37 @@ class ServiceActor:
             abi.encode_metadata(message.metadata) if message.metadata else b"",
         )
         loop = asyncio.get_running_loop()
-        instance = await self.pool.acquire(message.deadline - loop.time())
-        outcome = loop.create_future()
+        path = method.full_path
+        while True:
+            instance = await self.pool.acquire(message.deadline - loop.time())
+            outcome = loop.create_future()
 
-        def done(result, exc) -> None:
-            # Runs on the loop when the guest is done, even if the caller gave up.
-            self._finished(instance, exc)
-            if not outcome.done():
-                if exc is None:
-                    outcome.set_result(result)
-                else:
-                    outcome.set_exception(exc)
+            def done(result, exc, instance=instance, outcome=outcome) -> None:
+                # Runs on the loop when the guest is done, even if the caller gave up.
+                self._finished(instance, exc)
+                if not outcome.done():
+                    if exc is None:
+                        outcome.set_result(result)
+                    else:
+                        outcome.set_exception(exc)
 
-        self.runner.call(loop, done, _call_guest, instance, envelope)
-        timer = loop.call_at(message.deadline, _expire, outcome, method.full_path)
-        try:
-            response = await outcome
-        except GuestTrap as exc:
-            raise RpcError(StatusCode.INTERNAL, f"guest trapped in {method.full_path}: {exc}") from None
-        except GuestFault as exc:
-            raise RpcError(StatusCode.INTERNAL, f"guest broke the ABI in {method.full_path}: {exc}") from None
-        finally:
-            timer.cancel()
+            self.runner.call(loop, done, _call_guest, instance, envelope, message.deadline)
+            timer = loop.call_at(message.deadline, _expire, outcome, path)
+            try:
+                response = await outcome
+            except InlineOverrun:
+                continue  # stopped on the loop; the service is back on threads: run it there
+            except GuestTimeout:
+                raise RpcError(
+                    StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded; the guest was stopped"
+                ) from None
+            except GuestTrap as exc:
+                raise RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}") from None
+            except GuestFault as exc:
+                raise RpcError(StatusCode.INTERNAL, f"guest broke the ABI in {path}: {exc}") from None
+            finally:
+                timer.cancel()
+            break
         output, code, text = response
         if code:
             raise RpcError(StatusCode.from_wire(code), text)
@@ -150,10 +159,11 @@ def _expire(outcome: asyncio.Future, path: str) -> None:
         outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"))
 
 
-def _call_guest(instance, envelope: bytes) -> tuple[bytes, int, str]:
-    """Runs on a worker thread: one call into the guest, then its envelope decoded (a
-    malformed envelope is the guest's fault, so the instance is discarded)."""
-    response = instance.handle(envelope)
+def _call_guest(instance, envelope: bytes, deadline: float) -> tuple[bytes, int, str]:
+    """One call into the guest, stopped at `deadline` (loop time, which is monotonic
+    time), then its envelope decoded (a malformed envelope is the guest's fault, so the
+    instance is discarded)."""
+    response = instance.handle(envelope, deadline)
     try:
         return abi.decode_response(response)
     except ValueError as exc:

@@ -10,7 +10,11 @@ guest call itself. `CallRunner` therefore runs a service's calls inline on the l
 they have proven short, and only for services whose host functions never block: after
 `promote_after` consecutive calls under `fast` seconds it goes inline; one inline call
 over `slow` seconds sends it back to threads, and the next promotion needs twice as many
-short calls (so a service whose calls are sometimes long stops flapping).
+short calls (so a service whose calls are sometimes long stops flapping). An inline call
+may block the loop for `inline_budget` seconds at most: the engine stops it then
+(InlineOverrun) and the caller runs it again from the start on a thread, with a fresh
+instance. That is why only guests whose host functions never block (and so only log or
+compute) qualify.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from okra_core.engine import GuestTimeout, GuestTrap
 
 _STOP = None
 
@@ -90,6 +96,10 @@ class WorkerThreads:
                 self._queue.put(_STOP)
 
 
+class InlineOverrun(GuestTrap):
+    """An inline call ran past the inline budget and was stopped; run it on a thread."""
+
+
 class CallRunner:
     """Runs one service's unary guest calls inline or on its worker threads."""
 
@@ -102,6 +112,7 @@ class CallRunner:
         slow: float = 1e-3,
         promote_after: int = 100,
         max_promote_after: int = 100_000,
+        inline_budget: float = 0.05,
     ):
         self.threads = threads
         self.inline_allowed = inline_allowed
@@ -109,6 +120,7 @@ class CallRunner:
         self.slow = slow
         self.promote_after = promote_after
         self.max_promote_after = max_promote_after
+        self.inline_budget = inline_budget
         self.inline = False
         self._streak = 0
         #: How often an inline call was too slow and sent the service back to threads.
@@ -119,32 +131,40 @@ class CallRunner:
         loop: asyncio.AbstractEventLoop,
         done: Callable[[Any, BaseException | None], None],
         fn: Callable[..., Any],
-        *args: Any,
+        instance: Any,
+        request: Any,
+        deadline: float,
     ) -> None:
-        """Run `fn(*args)`, then `done(result, exception)` on the loop (immediately if
-        the call ran inline)."""
+        """Run `fn(instance, request, deadline)` (deadline in monotonic time), then
+        `done(result, exception)` on the loop (immediately if the call ran inline)."""
         if self.inline:
-            start = time.perf_counter()
+            start = time.monotonic()
+            budget = min(deadline, start + self.inline_budget)
             try:
-                result = fn(*args)
+                result = fn(instance, request, budget)
+            except GuestTimeout as exc:
+                self._demote()
+                if budget < deadline:
+                    exc = InlineOverrun(f"stopped after the inline budget: {exc}")
+                done(None, exc)
             except BaseException as exc:
-                self._inline_took(time.perf_counter() - start)
+                self._inline_took(time.monotonic() - start)
                 done(None, exc)
             else:
-                self._inline_took(time.perf_counter() - start)
+                self._inline_took(time.monotonic() - start)
                 done(result, None)
         elif self.inline_allowed:
-            self.threads.submit(loop, done, self._timed, fn, args)
+            self.threads.submit(loop, done, self._timed, fn, (instance, request, deadline))
         else:
-            self.threads.submit(loop, done, fn, *args)
+            self.threads.submit(loop, done, fn, instance, request, deadline)
 
     def _timed(self, fn: Callable[..., Any], args: tuple) -> Any:
-        start = time.perf_counter()
+        start = time.monotonic()
         try:
             return fn(*args)
         finally:
             # Runs on the worker; a lost update between threads only delays a promotion.
-            if time.perf_counter() - start < self.fast:
+            if time.monotonic() - start < self.fast:
                 self._streak += 1
                 if self._streak >= self.promote_after:
                     self.inline = True
@@ -153,7 +173,10 @@ class CallRunner:
 
     def _inline_took(self, seconds: float) -> None:
         if seconds > self.slow:
-            self.inline = False
-            self._streak = 0
-            self.demotions += 1
-            self.promote_after = min(self.promote_after * 2, self.max_promote_after)
+            self._demote()
+
+    def _demote(self) -> None:
+        self.inline = False
+        self._streak = 0
+        self.demotions += 1
+        self.promote_after = min(self.promote_after * 2, self.max_promote_after)

@@ -9,19 +9,28 @@
 # - an inline call slower than `slow` sends the service back to threads and doubles the
 #   number of fast calls needed for the next promotion.
 # - exceptions reach `done` in both modes.
+# - an inline call gets at most `inline_budget` (its deadline is clipped); a guest stopped
+#   there raises InlineOverrun (to be run again on a thread) and demotes the service;
+#   stopped at its own, earlier deadline it stays a GuestTimeout.
 # Through the runtime:
 # - a short guest (echo.wat) goes inline after its first calls; a guest granted a host
 #   function that may block never does; RuntimeConfig(inline_calls=False) turns it off.
+# - a call that overruns the inline budget is stopped, run again on a thread and
+#   answered normally; the service goes back to threads.
+# - a guest that never returns is stopped at the call's deadline: DEADLINE_EXCEEDED,
+#   instance discarded, the service keeps serving (and its pool does not fill up).
 import asyncio
 import threading
 import time
 
 import pytest
 
-from okra_core._workers import CallRunner, WorkerThreads
+from okra_core._workers import CallRunner, InlineOverrun, WorkerThreads
+from okra_core.engine import GuestTimeout
 
 
-async def call(runner, fn, *args):
+async def call(runner, fn, *args, deadline=None):
+    """Run `fn(*args)` as the runner runs a guest call (instance, request, deadline)."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 
@@ -31,7 +40,10 @@ async def call(runner, fn, *args):
         else:
             future.set_exception(exc)
 
-    runner.call(loop, done, fn, *args)
+    def guest(instance, request, budget):
+        return fn(*args)
+
+    runner.call(loop, done, guest, None, None, deadline or time.monotonic() + 30)
     return await future
 
 
@@ -101,6 +113,30 @@ async def test_exceptions_reach_done_in_both_modes():
     assert runner.inline
     with pytest.raises(ZeroDivisionError):
         await call(runner, lambda: 1 / 0)
+
+
+async def test_inline_call_is_clipped_to_the_budget_and_overrun_is_reported():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=1, fast=0.005, inline_budget=0.01)
+    await call(runner, where)
+    assert runner.inline
+    loop = asyncio.get_running_loop()
+    seen = []
+
+    def guest(instance, request, budget):
+        seen.append(budget - time.monotonic())
+        raise GuestTimeout("deadline exceeded: the guest was stopped")
+
+    outcomes = []
+    runner.call(loop, lambda r, e: outcomes.append(e), guest, None, None, time.monotonic() + 30)
+    assert seen[0] <= 0.01
+    assert isinstance(outcomes[0], InlineOverrun) and not runner.inline
+    # At its own (earlier) deadline a stopped guest is a plain timeout.
+    await call(runner, where)
+    await call(runner, where)
+    assert runner.inline
+    outcomes.clear()
+    runner.call(loop, lambda r, e: outcomes.append(e), guest, None, None, time.monotonic() + 0.001)
+    assert type(outcomes[0]) is GuestTimeout
 
 
 # -- through the runtime ---------------------------------------------------------------
@@ -178,3 +214,34 @@ async def test_guest_with_a_blocking_host_function_never_goes_inline(tmp_path):
         await runtime.deploy(package(tmp_path, "log", {"okra.log": {}}))
         runner = await calls(runtime, 300)
         assert not runner.inline_allowed and not runner.inline
+
+
+async def test_inline_overrun_is_run_again_on_a_thread_and_answered(tmp_path):
+    config = RuntimeConfig(engine_options={"cache_dir": str(tmp_path)})
+    async with Runtime(config) as runtime:
+        await runtime.deploy(package(tmp_path, "busy", {}))
+        runner = await calls(runtime, 1000)  # input ends in 0: instant
+        assert runner.inline
+        pool = runtime.deployments()[0].actors["w.v1.S"].pool
+        # 20 x 10^7 iterations: far over the 50 ms inline budget, well within 30 s.
+        assert await runtime.invoke("w.v1.S", "Echo", b"\x0a\x01\x14", timeout=30) == b""
+        assert not runner.inline and runner.demotions == 1
+        await asyncio.sleep(0.05)
+        assert pool.stats.discarded == 1
+
+
+async def test_guest_that_never_returns_is_stopped_at_its_deadline(tmp_path):
+    from okra_core.status import RpcError, StatusCode
+
+    config = RuntimeConfig(engine_options={"cache_dir": str(tmp_path)})
+    async with Runtime(config) as runtime:
+        await runtime.deploy(package(tmp_path, "forever", {}))
+        pool = runtime.deployments()[0].actors["w.v1.S"].pool
+        for _ in range(3):  # more calls than the pool has instances: none stays stuck
+            began = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                await runtime.invoke("w.v1.S", "Echo", b"", timeout=0.2)
+            assert info.value.code == StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - began < 2
+        await asyncio.sleep(0.2)
+        assert pool.stats.discarded == 3 and pool.stats.busy == 0
