@@ -32,7 +32,8 @@
 # - bad input: wrong content type -> 415; oversized body -> resource_exhausted and the
 #   runtime never called; an oversized response (unary, or one message of a stream) ->
 #   resource_exhausted; unknown service / method -> 404 unimplemented naming what
-#   exists; client and bidi streaming -> unimplemented. The server serves on after each.
+#   exists; client and bidi streaming -> unimplemented; a header that is not UTF-8 ->
+#   invalid_argument. The server serves on after each.
 # - metadata: the shared header rule (as gRPC's): protocol, framing (x-grpc-web) and
 #   secret-looking headers dropped, allow_headers lifts the secret rule.
 # - CORS: off by default; allowed origins get preflight answers and response headers;
@@ -812,6 +813,17 @@ async def test_unknown_method_is_unimplemented_404_naming_the_methods(server, ty
     )
     for path in ("/", "/nothing", f"/{ECHO}/Say/extra"):
         assert (await server.post(path)).status == 404
+    await assert_still_serving(server, types)
+
+
+async def test_header_that_is_not_utf8_is_invalid_argument(server, types):
+    response = await server.json(SAY, {}, x_name=b"\xff\xfe")
+    assert response.status == 400
+    assert response.error() == ("invalid_argument", "request header 'x-name' is not valid UTF-8")
+    assert server.runtime.calls == []
+    response = await server.json(SAY, {"text": "ok"}, x_name="é".encode())  # UTF-8 is fine
+    assert response.status == 200
+    assert ("x-name", "é") in server.runtime.calls[0].metadata
     await assert_still_serving(server, types)
 
 

@@ -61,22 +61,39 @@ class ConnectApp:
             if kind == "lifespan":
                 await _lifespan(receive, send)
             return  # websockets: the server refuses the handshake
-        if self.cors is not None:
-            origin = _header(scope, b"origin")
-            if origin is not None:
-                if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
-                    await self._preflight(origin, send)
-                    return
-                if self.cors.allows(origin):
-                    send = _adding_headers(send, self.cors.response_headers(origin))
+        content_type = origin = preflight = None
+        for name, value in scope["headers"]:
+            if not value.isascii() and not _is_utf8(value):
+                # connectrpc reads headers as UTF-8; say so instead of failing inside it.
+                await _error(
+                    send,
+                    400,
+                    StatusCode.INVALID_ARGUMENT,
+                    f"request header {name.decode('latin-1')!r} is not valid UTF-8",
+                )
+                return
+            if name == b"content-type":
+                content_type = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                preflight = value
+        if self.cors is not None and origin is not None:
+            if preflight is not None and scope["method"] == "OPTIONS":
+                await self._preflight(origin, send)
+                return
+            if self.cors.allows(origin):
+                send = _adding_headers(send, self.cors.response_headers(origin))
         target = self.routes.resolve(scope["path"])
         if type(target) is Refusal:
-            await _refuse(scope, send, target)
+            await _refuse(content_type or b"", send, target)
             return
-        content_type = _header(scope, b"content-type") or b""
-        if content_type.startswith(b"application/grpc") and not content_type.startswith(
-            b"application/grpc-web"
-        ) and "http.response.trailers" not in scope.get("extensions", {}):
+        if (
+            content_type is not None
+            and content_type.startswith(b"application/grpc")
+            and not content_type.startswith(b"application/grpc-web")
+            and "http.response.trailers" not in scope.get("extensions", {})
+        ):
             await _error(
                 send,
                 415,
@@ -95,8 +112,7 @@ class ConnectApp:
         await _respond(send, 204, self.cors.preflight_headers(origin), b"")
 
 
-async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
-    content_type = _header(scope, b"content-type") or b""
+async def _refuse(content_type: bytes, send: Send, refusal: Refusal) -> None:
     if content_type.startswith(b"application/grpc"):
         # gRPC and gRPC-Web read the status from (trailers-only) headers.
         headers = [
@@ -129,11 +145,12 @@ def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return wrapped
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
