@@ -118,7 +118,7 @@ class _Cell:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         try:
-            await self.actor.on_stop()
+            await self.actor.on_stop(max(0.0, deadline - loop.time()))
         except Exception:
             log.exception("actor %s failed to stop cleanly", self.address)
 

@@ -147,8 +147,8 @@ class ServiceActor:
         else:
             self.pool.release(instance)
 
-    async def on_stop(self) -> None:
-        await self.pool.close(grace=10.0)
+    async def on_stop(self, grace: float) -> None:
+        await self.pool.close(grace=grace)
         for stream in list(self.streams):  # still running after the grace period
             stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")
         self.workers.close()

@@ -28,8 +28,9 @@ class Actor(Protocol):
     async def receive(self, message: Any) -> Any:
         """Handle one message; the return value (or exception) answers an `ask`."""
 
-    async def on_stop(self) -> None:
-        """Called once after the mailbox is drained, before the actor is forgotten."""
+    async def on_stop(self, grace: float) -> None:
+        """Called once after the mailbox is drained (or the grace period ran out),
+        before the actor is forgotten; `grace` is what is left of the grace period."""
 
 
 @runtime_checkable

@@ -220,7 +220,7 @@ class Runtime:
                     )
             except BaseException:
                 for actor in actors.values():
-                    await actor.on_stop()
+                    await actor.on_stop(0.0)
                 raise
 
             previous = self._deployments.get(manifest.name)
@@ -465,16 +465,36 @@ def _sig(params: Sequence[str], results: Sequence[str]) -> str:
     return f"({', '.join(params)}) -> ({', '.join(results)})"
 
 
+#: Longest guest stdout/stderr line logged; the rest of a longer line is counted, not kept.
+MAX_STDIO_LINE = 8 * 1024
+
+
 def stdio_to_log(logger: logging.Logger) -> Callable[[int, bytes], None]:
-    """A sink for guest stdout (INFO) and stderr (WARNING) that logs whole lines."""
-    pending = {1: b"", 2: b""}
+    """A sink for guest stdout (INFO) and stderr (WARNING) that logs whole lines, each
+    cut to MAX_STDIO_LINE bytes (a guest must not make logging arbitrarily expensive)."""
+    pending = {1: bytearray(), 2: bytearray()}
+    dropped = {1: 0, 2: 0}
     levels = {1: logging.INFO, 2: logging.WARNING}
 
+    def emit(fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if dropped[fd]:
+            text += f"... [{dropped[fd]} more bytes]"
+            dropped[fd] = 0
+        logger.log(levels[fd], "%s", text)
+
     def sink(fd: int, data: bytes) -> None:
-        buffer = pending.get(fd, b"") + data
-        *lines, rest = buffer.split(b"\n")
-        pending[fd] = rest[-65536:]
+        if fd not in pending:
+            return
+        buffer = pending[fd]
+        *lines, rest = data.split(b"\n")
         for line in lines:
-            logger.log(levels.get(fd, logging.INFO), "%s", line.decode("utf-8", "replace"))
+            room = MAX_STDIO_LINE - len(buffer)
+            dropped[fd] += max(0, len(line) - room)
+            emit(fd, bytes(buffer) + line[: max(0, room)])
+            buffer.clear()
+        room = MAX_STDIO_LINE - len(buffer)
+        dropped[fd] += max(0, len(rest) - room)
+        buffer += rest[: max(0, room)]
 
     return sink

@@ -18,6 +18,10 @@ from okra_core.hookspecs import hookimpl
 from okra_core.hostapi import HostContext, HostError, HostFunction
 from okra_core.status import StatusCode
 
+#: Longest message, and longest string field, a guest can log; longer ones are cut, so
+#: no guest can make one log record arbitrarily expensive to format, ship or store.
+MAX_TEXT = 8 * 1024
+
 #: Guest level -> Python logging level.
 LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 LEVEL_NAMES = {"debug": 1, "info": 2, "warning": 3, "warn": 3, "error": 4}
@@ -29,15 +33,15 @@ def decode_record(data: bytes) -> tuple[str, dict[str, Any]]:
     fields: dict[str, Any] = {}
     for number, value in iter_fields(data):
         if number == 1:
-            message = bytes(value).decode("utf-8", "replace")
+            message = truncate(bytes(value).decode("utf-8", "replace"))
         elif number == 2:
             key = ""
             field_value: Any = None
             for sub, raw in iter_fields(value):
                 if sub == 1:
-                    key = bytes(raw).decode("utf-8", "replace")
+                    key = truncate(bytes(raw).decode("utf-8", "replace"), 256)
                 elif sub == 2:
-                    field_value = bytes(raw).decode("utf-8", "replace")
+                    field_value = truncate(bytes(raw).decode("utf-8", "replace"))
                 elif sub == 3:
                     field_value = (raw >> 1) ^ -(raw & 1)  # zigzag
                 elif sub == 4:
@@ -46,6 +50,12 @@ def decode_record(data: bytes) -> tuple[str, dict[str, Any]]:
                     field_value = bool(raw)
             fields[key] = field_value
     return message, fields
+
+
+def truncate(text: str, limit: int = MAX_TEXT) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
 def render(message: str, fields: Mapping[str, Any]) -> str:

@@ -38,7 +38,8 @@ class Recorder:
         finally:
             self.running -= 1
 
-    async def on_stop(self):
+    async def on_stop(self, grace):
+        assert grace >= 0
         self.stopped += 1
 
 
