@@ -108,6 +108,9 @@ def load_project(path: str | pathlib.Path) -> Project:
     if not isinstance(host_apis, dict) or not all(isinstance(v, dict) for v in host_apis.values()):
         raise ConfigError(f'{where}: each host API is a table, e.g. [host_apis."okra.log"]')
     pool = _table(data, "pool", where, required=False)
+    unknown = set(pool) - {"min", "max"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [pool]: {', '.join(sorted(unknown))} (known: min, max)")
     pool_min, pool_max = pool.get("min", 1), pool.get("max", 4)
     if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max and pool_max >= 1):
         raise ConfigError(f"{where}: pool needs 0 <= min <= max and max >= 1 (got {pool_min}, {pool_max})")

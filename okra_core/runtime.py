@@ -268,7 +268,7 @@ class Runtime:
             if owner is not None and owner != package.manifest.name:
                 raise DeployError(
                     f"service {service} is already deployed by package {owner!r}; "
-                    f"undeploy it first (okra undeploy {owner})"
+                    "a service belongs to one package: undeploy that package first"
                 )
 
     def _check_abi_version(self, version: int) -> None:
@@ -447,7 +447,8 @@ def _why_not_granted(
     if namespace not in requested:
         return (
             f"module imports {name}, but the manifest does not grant it: add "
-            f'"{namespace}" to "host_apis" in okra.service.json'
+            f'"{namespace}" to "host_apis" in okra.service.json '
+            f'(in a project: a [host_apis."{namespace}"] table in okra.toml)'
         )
     if not config.allows(namespace):  # pragma: no cover - refused earlier, in _grant
         return f"module imports {name}, but the operator policy denies {namespace}"
@@ -456,7 +457,8 @@ def _why_not_granted(
         return (
             f"module imports {name}, but the manifest grants only "
             f"{', '.join(functions) or 'no functions'} of {namespace}: add "
-            f'"{function}" to host_apis["{namespace}"]["functions"] in okra.service.json'
+            f'"{function}" to host_apis["{namespace}"]["functions"] in okra.service.json '
+            f'(in a project: to functions in [host_apis."{namespace}"] in okra.toml)'
         )
     return f"module imports {name}, but host API {namespace} has no function {function!r}"
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from okra_core.config import RuntimeConfig
+from okra_core.errors import OkraError
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.runtime import Runtime
@@ -64,7 +65,11 @@ class Server:
         await self.runtime.start()
         try:
             for package in self.packages:
-                await self.runtime.deploy(package)
+                try:
+                    await self.runtime.deploy(package)
+                except OkraError as exc:
+                    where = package.path or f"package {package.manifest.name!r}"
+                    raise type(exc)(f"{where}: {exc}") from exc
             for listener, transport in zip(self.listeners, transports):
                 host, port = await transport.start(self.runtime, listener.host, listener.port)
                 self.transports.append(transport)

@@ -69,6 +69,7 @@ def test_missing_project_file_says_how_to_create_one(tmp_path):
         (CONFIG + "colour = 1\n", r"unknown key\(s\) in \[service\]: colour"),
         (CONFIG + "[extra]\n", r"unknown table\(s\) extra"),
         (CONFIG + "[pool]\nmin = 5\nmax = 2\n", "0 <= min <= max"),
+        (CONFIG + "[pool]\nmni = 2\n", r"unknown key\(s\) in \[pool\]: mni"),
         (CONFIG.replace('version = "1.2.3"', ""), "needs version"),
         (CONFIG + '[host_apis]\n"okra.log" = 3\n', "each host API is a table"),
     ],

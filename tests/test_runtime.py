@@ -115,7 +115,8 @@ async def test_ungranted_import_fails_deploy_naming_import_and_manifest_entry(ru
         await runtime.deploy(package("log"))
     assert str(info.value) == (
         "module imports okra.log.write, but the manifest does not grant it: add "
-        '"okra.log" to "host_apis" in okra.service.json'
+        '"okra.log" to "host_apis" in okra.service.json '
+        '(in a project: a [host_apis."okra.log"] table in okra.toml)'
     )
     assert runtime.services() == []
 
