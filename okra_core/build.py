@@ -17,7 +17,8 @@ import time
 from google.protobuf import descriptor_pb2
 
 from okra_core import abi
-from okra_core.errors import BuildError
+from okra_core.config import RuntimeConfig
+from okra_core.errors import BuildError, DeployError, PackageError
 from okra_core.language import BuildRequest
 from okra_core.manifest import Manifest, PoolConfig
 from okra_core.package import load_package, write_package
@@ -108,11 +109,41 @@ def generate_project(path: str | pathlib.Path, registry: Registry | None = None)
     return list(language.generate(request))
 
 
+def check_grants(manifest: Manifest, registry: Registry, config: RuntimeConfig | None = None):
+    """The requested host APIs exist and accept their settings; returns the grants.
+    Raises BuildError with the message the deploy would give."""
+    from okra_core.runtime import grant_host_functions
+
+    try:
+        return grant_host_functions(manifest, registry, config or RuntimeConfig())
+    except DeployError as exc:
+        raise BuildError(f"the built service would not deploy: {exc}") from None
+
+
+def check_deployable(
+    manifest: Manifest, wasm: bytes, registry: Registry, config: RuntimeConfig | None = None
+) -> None:
+    """Run the deploy checks that need no running service: the requested host APIs exist
+    and accept their settings, the module has the ABI's exports, and every import is
+    granted. So `okra build` fails where `okra serve` would, with the same message.
+    Compiling here also fills the engine's module cache for the first deploy."""
+    from okra_core.runtime import check_exports, check_imports
+
+    config = config or RuntimeConfig()
+    grants = check_grants(manifest, registry, config)
+    try:
+        module = registry.engine(config.engine, **config.engine_options).compile(wasm)
+        check_exports(module)
+        check_imports(module, grants, manifest.host_apis, config)
+    except (DeployError, PackageError) as exc:
+        raise BuildError(f"the built service would not deploy: {exc}") from None
+
+
 def build_project(path: str | pathlib.Path, registry: Registry | None = None) -> BuildResult:
     """Build the project at `path` into `dist/<name>-<version>.okra.pkg`."""
     started = time.perf_counter()
+    registry = registry or get_registry()
     project, language, request = prepare(path, registry)
-    wasm = language.build(request)
     manifest = Manifest(
         name=project.name,
         version=project.version,
@@ -123,6 +154,9 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         digests={},
         language=project.language,
     )
+    check_grants(manifest, registry)  # before the compiler: the cheap mistakes first
+    wasm = language.build(request)
+    check_deployable(manifest, wasm, registry)
     project.dist_dir.mkdir(exist_ok=True)
     out = write_package(
         project.package_path, manifest=manifest, wasm=wasm, descriptor_set=request.descriptor_set

@@ -26,6 +26,7 @@ from okra_core.descriptors import ServiceSchema
 from okra_core.engine import CompiledModule, Engine, GuestTrap, Instance
 from okra_core.errors import AbiError, CapabilityError, DeployError, OkraError, PluginError
 from okra_core.hostapi import HostContext, HostFunction
+from okra_core.manifest import Manifest
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.pool import InstancePool
@@ -206,7 +207,7 @@ class Runtime:
             manifest = package.manifest
             self._check_owners(package)
             self._check_abi_version(manifest.abi_version)
-            grants = self._grant(package)
+            grants = grant_host_functions(package.manifest, self.registry, self.config)
             module = await asyncio.to_thread(engine.compile, package.wasm)
             check_exports(module)
             check_imports(module, grants, manifest.host_apis, self.config, manifest.abi_version)
@@ -280,42 +281,6 @@ class Runtime:
                 f"version{plural} {supported}: rebuild it with a matching SDK or upgrade OKRA"
             )
 
-    def _grant(self, package: Package) -> dict[str, HostFunction]:
-        """The host functions this package is granted, by qualified name."""
-        granted: dict[str, HostFunction] = {}
-        for namespace, config in package.manifest.host_apis.items():
-            if not self.config.allows(namespace):
-                allowed = ", ".join(sorted(self.config.allowed_host_apis or ())) or "none"
-                raise CapabilityError(
-                    f"package {package.manifest.name!r} requests host API {namespace}, which "
-                    f"the operator policy does not allow (allowed: {allowed})"
-                )
-            try:
-                api = self.registry.host_api(namespace)
-            except PluginError:
-                raise CapabilityError(
-                    f"package {package.manifest.name!r} requests host API {namespace}, but no "
-                    "installed plugin provides it (see `okra plugins`)"
-                ) from None
-            options = {k: v for k, v in config.items() if k != "functions"}
-            wanted = config.get("functions")
-            if wanted is not None:
-                unknown = sorted(set(wanted) - set(api.function_names()))
-                if unknown:
-                    raise CapabilityError(
-                        f"host_apis[{namespace!r}].functions names {', '.join(unknown)}, "
-                        f"which {namespace} does not have (it has: "
-                        f"{', '.join(api.function_names())})"
-                    )
-            try:
-                functions = api.functions(options)
-            except OkraError as exc:
-                raise DeployError(f"host API {namespace}: {exc}") from None
-            for fn in functions:
-                if wanted is None or fn.name in wanted:
-                    granted[fn.qualified_name] = fn
-        return granted
-
     async def _start_service(
         self,
         package: Package,
@@ -375,6 +340,46 @@ class Runtime:
             abi_version=manifest.abi_version,
             stream_buffer=self.config.stream_buffer,
         )
+
+
+def grant_host_functions(
+    manifest: Manifest, registry: Registry, config: RuntimeConfig
+) -> dict[str, HostFunction]:
+    """The host functions a package's manifest is granted on a runtime with `config`, by
+    qualified name. Raises CapabilityError (or DeployError for bad host API settings)."""
+    granted: dict[str, HostFunction] = {}
+    for namespace, settings in manifest.host_apis.items():
+        if not config.allows(namespace):
+            allowed = ", ".join(sorted(config.allowed_host_apis or ())) or "none"
+            raise CapabilityError(
+                f"package {manifest.name!r} requests host API {namespace}, which "
+                f"the operator policy does not allow (allowed: {allowed})"
+            )
+        try:
+            api = registry.host_api(namespace)
+        except PluginError:
+            raise CapabilityError(
+                f"package {manifest.name!r} requests host API {namespace}, but no "
+                "installed plugin provides it (see `okra plugins`)"
+            ) from None
+        options = {k: v for k, v in settings.items() if k != "functions"}
+        wanted = settings.get("functions")
+        if wanted is not None:
+            unknown = sorted(set(wanted) - set(api.function_names()))
+            if unknown:
+                raise CapabilityError(
+                    f"host_apis[{namespace!r}].functions names {', '.join(unknown)}, "
+                    f"which {namespace} does not have (it has: "
+                    f"{', '.join(api.function_names())})"
+                )
+        try:
+            functions = api.functions(options)
+        except OkraError as exc:
+            raise DeployError(f"host API {namespace}: {exc}") from None
+        for fn in functions:
+            if wanted is None or fn.name in wanted:
+                granted[fn.qualified_name] = fn
+    return granted
 
 
 def check_exports(module: CompiledModule) -> None:
@@ -450,7 +455,7 @@ def _why_not_granted(
             f'"{namespace}" to "host_apis" in okra.service.json '
             f'(in a project: a [host_apis."{namespace}"] table in okra.toml)'
         )
-    if not config.allows(namespace):  # pragma: no cover - refused earlier, in _grant
+    if not config.allows(namespace):  # pragma: no cover - refused earlier, by grant_host_functions
         return f"module imports {name}, but the operator policy denies {namespace}"
     functions = requested[namespace].get("functions")
     if functions is not None and function not in functions:

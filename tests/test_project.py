@@ -8,6 +8,8 @@
 #   and reports protoc errors.
 # - declared_services lists services of the project's own files only.
 # - build_project refuses a service that the protos do not declare, before compiling.
+# - build fails where deploy would (unknown host API, bad settings, ungranted import),
+#   with the deploy error's message.
 import pytest
 from google.protobuf import descriptor_pb2
 
@@ -99,3 +101,25 @@ def test_build_refuses_a_service_the_protos_do_not_declare(tmp_path):
     make_project(tmp_path, CONFIG.replace('proto_root = "proto"', 'proto_root = "proto"\nservices = ["demo.v1.Nope"]'))
     with pytest.raises(BuildError, match=r"names service demo.v1.Nope.*declared: demo.v1.Demo"):
         build_project(tmp_path)
+
+
+def test_build_fails_where_deploy_would_with_the_same_message(tmp_path):
+    # Checked before any compiler runs: a host API no plugin provides, bad settings.
+    make_project(tmp_path, CONFIG + '[host_apis."okra.nope"]\n')
+    with pytest.raises(BuildError, match="would not deploy: .*requests host API okra.nope, but no installed plugin provides it"):
+        build_project(tmp_path)
+
+
+def test_check_deployable_names_the_ungranted_import(tmp_path):
+    import wasmtime
+
+    from okra_core.build import check_deployable
+    from okra_core.plugins import get_registry
+    from support import FIXTURES_DIR, make_manifest
+
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "log.wat").read_text())
+    with pytest.raises(BuildError, match=r'would not deploy: module imports okra.log.write, .*\[host_apis."okra.log"\] table in okra.toml'):
+        check_deployable(make_manifest(host_apis={}), wasm, get_registry())
+    with pytest.raises(BuildError, match="okra.log level 'loud'"):
+        check_deployable(make_manifest(host_apis={"okra.log": {"level": "loud"}}), wasm, get_registry())
+    check_deployable(make_manifest(host_apis={"okra.log": {}}), wasm, get_registry())
