@@ -134,7 +134,7 @@ def check_deployable(
     try:
         module = registry.engine(config.engine, **config.engine_options).compile(wasm)
         check_exports(module)
-        check_imports(module, grants, manifest.host_apis, config)
+        check_imports(module, grants, manifest.host_apis, config, manifest.abi_version)
     except (DeployError, PackageError) as exc:
         raise BuildError(f"the built service would not deploy: {exc}") from None
 
