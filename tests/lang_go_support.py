@@ -20,7 +20,8 @@ from okra_core import abi
 from okra_core.build import build_project
 from okra_core.hostapi import HostContext, HostFunction
 from okra_core.package import Package, load_package
-from okra_core.plugins import get_registry
+from okra_core.hookspecs import hookimpl
+from okra_core.plugins import Registry, get_registry, make_plugin_manager
 from support import FIXTURES_DIR, PROTO_DIR
 
 GO_FIXTURES = FIXTURES_DIR / "go"
@@ -28,16 +29,53 @@ GO_FIXTURES = FIXTURES_DIR / "go"
 _built: dict[str, Package] = {}
 
 
-def build_guest(name: str, workspace: pathlib.Path, protos: Iterable[str] = ()) -> Package:
+def build_guest(
+    name: str, workspace: pathlib.Path, protos: Iterable[str] = (), host_apis: Sequence[object] = ()
+) -> Package:
     """Build tests/fixtures/go/<name> (with the given top-level directories of the
-    fixture protos copied into its proto root) once per session; the package."""
+    fixture protos copied into its proto root) once per session; the package.
+
+    `host_apis` are extra HostAPI objects a test plugin registers, so that the build's
+    deploy checks grant a guest's test-only imports the way a third-party plugin would."""
     if name not in _built:
         project = workspace / name
         shutil.copytree(GO_FIXTURES / name, project)
         for directory in protos:
             shutil.copytree(PROTO_DIR / directory, project / "proto" / directory)
-        _built[name] = load_package(build_project(project).path)
+        _built[name] = load_package(build_project(project, registry_with(host_apis)).path)
     return _built[name]
+
+
+def registry_with(host_apis: Sequence[object]) -> Registry:
+    """The built-in plugins plus one test plugin that registers `host_apis`."""
+    if not host_apis:
+        return get_registry()
+
+    class TestPlugin:
+        @hookimpl
+        def register_host_apis(self, register):
+            for api in host_apis:
+                register(api)
+
+    pm = make_plugin_manager(entrypoints=False)
+    pm.register(TestPlugin(), name="okra-tests")
+    return Registry(pm)
+
+
+class FunctionsAPI:
+    """A host API made of fixed HostFunctions (a test's own imports)."""
+
+    description = "functions for tests"
+
+    def __init__(self, namespace: str, functions: Sequence[HostFunction]):
+        self.namespace = namespace
+        self._functions = tuple(functions)
+
+    def function_names(self) -> Sequence[str]:
+        return [f.name for f in self._functions]
+
+    def functions(self, config) -> Sequence[HostFunction]:
+        return self._functions
 
 
 def message_classes(descriptor_set: bytes) -> Callable[[str], type]:

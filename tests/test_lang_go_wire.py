@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lang_go_support import Guest, build_guest, message_classes
+from lang_go_support import FunctionsAPI, Guest, build_guest, message_classes
 from okra_core.abi import encode_varint
 from okra_core.hostapi import HostError, HostFunction
 from okra_core.status import StatusCode
@@ -58,9 +58,15 @@ def pattern(size: int) -> bytes:
     return bytes(i % 251 for i in range(size))
 
 
+HOST_DATA = HostFunction("okra.test", "data", ("i32",) * 4, host_data)
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    return build_guest("wire", tmp_path_factory.mktemp("go"), protos=("wire", "tricky"))
+    return build_guest(
+        "wire", tmp_path_factory.mktemp("go"), protos=("wire", "tricky"),
+        host_apis=[FunctionsAPI("okra.test", [HOST_DATA])],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +76,7 @@ def types(package):
 
 @pytest.fixture(scope="module")
 def guest(package):
-    extra = [HostFunction("okra.test", "data", ("i32",) * 4, host_data)]
-    guest = Guest(package, SERVICE, extra=extra)
+    guest = Guest(package, SERVICE, extra=[HOST_DATA])
     yield guest
     guest.close()
 
