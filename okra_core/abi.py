@@ -15,7 +15,7 @@ from okra_core.hostapi import HostContext, HostError, HostFunction
 from okra_core.status import StatusCode
 
 #: The version guests built by this OKRA speak (written into their manifests).
-ABI_VERSION = 1
+ABI_VERSION = 2
 SUPPORTED_ABI_VERSIONS = frozenset({1, 2})
 #: The first version with server streaming (`okra.abi.send`, `Request.stream`).
 STREAMING_ABI_VERSION = 2

@@ -8,8 +8,12 @@
 #   the wire helpers; imported well-known types generated with their helpers; imports
 #   of other generated packages use their package name.
 # - output is deterministic and gofmt-clean (gofmt ships with Go).
-# - unsupported input fails with a BuildError that says what to change: proto2, streaming
-#   methods, unknown services, proto packages that import each other.
+# - a server-streaming method: the interface method takes a typed stream (S<Method>Stream,
+#   clear of clashing names) whose Send takes the response type, registered as a Stream
+#   handler; gofmt-clean.
+# - unsupported input fails with a BuildError that says what to change: proto2,
+#   client-streaming and bidirectional methods, unknown services, proto packages that
+#   import each other.
 # - generate() writes only what changed, removes stale generated files, keeps the user's.
 # - source_globs match the user's sources and never generated code or build output.
 # - init_project writes a complete project, refuses a non-empty directory and bad names.
@@ -289,10 +293,48 @@ def test_proto2_is_refused_with_what_to_change(tmp_path):
         generate_from(tmp_path, {"p.proto": 'syntax = "proto2"; message P { optional int32 x = 1; }'})
 
 
-def test_streaming_methods_are_refused(tmp_path):
-    source = 'syntax = "proto3"; package s; message M {} service S { rpc Watch(M) returns (stream M); }'
-    with pytest.raises(BuildError, match=r"s\.S\.Watch is a streaming method.*make it unary"):
+@pytest.mark.parametrize(
+    ("rpc", "kind"),
+    [
+        ("rpc Watch(stream M) returns (M);", "client-streaming"),
+        ("rpc Watch(stream M) returns (stream M);", "bidirectional-streaming"),
+    ],
+)
+def test_client_and_bidirectional_streaming_methods_are_refused(tmp_path, rpc, kind):
+    source = f'syntax = "proto3"; package s; message M {{}} service S {{ {rpc} }}'
+    with pytest.raises(BuildError, match=rf"s\.S\.Watch is a {kind} method.*stream responses only"):
         generate_from(tmp_path, {"s.proto": source}, services=("s.S",))
+
+
+STREAMING = """
+syntax = "proto3";
+package s.v1;
+message Req { string q = 1; }
+message Event { int32 n = 1; }
+message FeedWatchStream {}  // taken: the stream type of Watch must pick another name
+service Feed {
+  rpc Get(Req) returns (Event);
+  rpc Watch(Req) returns (stream Event);
+}
+"""
+
+
+def test_server_streaming_method_gets_a_typed_stream(tmp_path):
+    generated = generate_from(tmp_path, {"s/v1/s.proto": STREAMING}, services=("s.v1.Feed",))
+    code = generated["gen/s/v1/s.okra.go"]
+    assert "\tGet(ctx *okra.Context, req *Req) (*Event, error)\n" in code
+    assert "\tWatch(ctx *okra.Context, req *Req, stream *FeedWatchStream_) error\n" in code
+    assert "type FeedWatchStream_ struct {\n\tstream *okra.Stream\n}" in code
+    assert "func (s *FeedWatchStream_) Send(resp *Event) error {\n\treturn s.stream.Send(resp)\n}" in code
+    assert 'okra.Method{Name: "Watch", Stream: func(ctx *okra.Context, in []byte, stream *okra.Stream) error {' in code
+    assert "return impl.Watch(ctx, req, &FeedWatchStream_{stream})" in code
+    assert 'okra.Method{Name: "Get", Handler: func(' in code
+    gofmt = find_gofmt()
+    if gofmt is not None:
+        path = tmp_path / "s.okra.go"
+        path.write_text(code)
+        result = subprocess.run([str(gofmt), "-l", str(path)], capture_output=True, text=True)
+        assert (result.returncode, result.stdout) == (0, "")
 
 
 def test_unknown_service_is_refused(tmp_path):

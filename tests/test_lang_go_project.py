@@ -60,7 +60,7 @@ def guest(package):
 def test_new_project_builds_a_module_that_speaks_the_abi(built, package, guest):
     assert built.services == (SERVICE,)
     assert package.manifest.language == "go"
-    assert guest.instance.abi_version() == 1
+    assert guest.instance.abi_version() == package.manifest.abi_version == 2
     exports = {e.name for e in guest.module.exports}
     assert exports == {"memory", "_initialize", "okra_abi_version", "okra_buffer", "okra_handle"}
     imports = {(i.module, i.name) for i in guest.module.imports}

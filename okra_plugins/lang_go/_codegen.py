@@ -12,7 +12,8 @@ nothing but the Go standard library and the OKRA SDK. Generated Go API, per mess
     func (m *T) UnmarshalMerge(b []byte, depth int) error
     func (m *T) GetX() ...                             // nil-safe getters
 
-and per service `S`: `type S interface { ... }` and `func RegisterS(impl S)`.
+and per service `S`: `type S interface { ... }` and `func RegisterS(impl S)`; per
+server-streaming method `M` of `S`: `type SMStream struct`, with `Send(*Resp) error`.
 """
 
 from __future__ import annotations
@@ -626,7 +627,13 @@ class _FileWriter:
                 if i:
                     w()
                 self.doc(m.path, "")
-                w(f"{m.go_name}(ctx *{okra}.Context, req *{self.ref(m.input)}) (*{self.ref(m.output)}, error)")
+                if m.stream_type:
+                    w(f"{m.go_name}(ctx *{okra}.Context, req *{self.ref(m.input)}, stream *{m.stream_type}) error")
+                else:
+                    w(f"{m.go_name}(ctx *{okra}.Context, req *{self.ref(m.input)}) (*{self.ref(m.output)}, error)")
+        for m in s.methods:
+            if m.stream_type:
+                self.stream_type(s, m)
         w()
         w(f"// {s.register} makes impl answer the calls to {s.full_name}. Call it from an init")
         w("// function of package main.")
@@ -634,6 +641,13 @@ class _FileWriter:
             w(f'{okra}.RegisterService("{s.full_name}",')
             w.depth += 1
             for m in s.methods:
+                if m.stream_type:
+                    with w.block(f'{okra}.Method{{Name: "{m.proto_name}", Stream: func(ctx *{okra}.Context, in []byte, stream *{okra}.Stream) error', "}},"):
+                        w(f"req := new({self.ref(m.input)})")
+                        with w.block("if err := req.Unmarshal(in); err != nil"):
+                            w(f"return {okra}.NewError({okra}.InvalidArgument, err.Error())")
+                        w(f"return impl.{m.go_name}(ctx, req, &{m.stream_type}{{stream}})")
+                    continue
                 with w.block(f'{okra}.Method{{Name: "{m.proto_name}", Handler: func(ctx *{okra}.Context, in, out []byte) ([]byte, error)', "}},"):
                     w(f"req := new({self.ref(m.input)})")
                     with w.block("if err := req.Unmarshal(in); err != nil"):
@@ -647,6 +661,22 @@ class _FileWriter:
                     w("return out, nil")
             w.depth -= 1
             w(")")
+
+    def stream_type(self, s: GoService, m) -> None:
+        w = self.w
+        okra = self.okra()
+        output = self.ref(m.output)
+        w()
+        w(f"// {m.stream_type} sends the responses of {s.full_name}.{m.proto_name}.")
+        w("// Each reaches the client as soon as it is sent.")
+        with w.block(f"type {m.stream_type} struct"):
+            w(f"stream *{okra}.Stream")
+        w()
+        w("// Send sends one response. It may block until the client has read earlier ones. It")
+        w("// returns an error when the client has gone (Canceled) or the deadline has passed")
+        w("// (DeadlineExceeded): the method should then return; later Sends fail the same way.")
+        with w.block(f"func (s *{m.stream_type}) Send(resp *{output}) error"):
+            w("return s.stream.Send(resp)")
 
     # -- google.protobuf conveniences ----------------------------------------------
 

@@ -124,6 +124,9 @@ class GoMethod:
     input: GoType
     output: GoType
     path: tuple[int, ...]
+    #: For a server-streaming method, the Go type its implementation sends through
+    #: (e.g. "GreeterWatchStream"); "" for a unary one.
+    stream_type: str = ""
 
 
 @dataclasses.dataclass(eq=False)
@@ -228,10 +231,11 @@ def _select_services(files, proto_files, services, types):
             raise BuildError(f"service {name} is not declared by the project's protos (declared: {known})")
         file_name, service, i = by_name[name]
         for method in service.method:
-            if method.client_streaming or method.server_streaming:
+            if method.client_streaming:
+                kind = "bidirectional-streaming" if method.server_streaming else "client-streaming"
                 raise BuildError(
-                    f"{name}.{method.name} is a streaming method, which OKRA does not support "
-                    "yet: make it unary (drop `stream`)"
+                    f"{name}.{method.name} is a {kind} method, which OKRA does not support: "
+                    "methods may stream responses only (drop `stream` before the request type)"
                 )
         selected.append(by_name[name])
     return selected
@@ -362,13 +366,19 @@ def _name_service(pkg: GoPackage, service, file, index: int, types) -> GoService
     )
     methods = Namespace()
     for i, method in enumerate(service.method):
+        go_name = methods.claim(go_camel_case(method.name))
         go_service.methods.append(
             GoMethod(
                 proto_name=method.name,
-                go_name=methods.claim(go_camel_case(method.name)),
+                go_name=go_name,
                 input=_type_of(types, method.input_type),
                 output=_type_of(types, method.output_type),
                 path=(6, index, 2, i),
+                stream_type=(
+                    pkg.names.claim(f"{interface}{go_name}Stream")
+                    if method.server_streaming
+                    else ""
+                ),
             )
         )
     return go_service

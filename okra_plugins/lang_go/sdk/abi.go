@@ -1,8 +1,9 @@
 package okra
 
-// The guest side of the OKRA ABI, version 1 (docs/abi.md): one call into the guest per
+// The guest side of the OKRA ABI, version 2 (docs/abi.md): one call into the guest per
 // request, with the request in a buffer the host writes directly and the response left
-// in guest memory until the next call.
+// in guest memory until the next call. A server-streaming call is one call too, during
+// which the method sends its messages through okra.abi.send (stream.go).
 
 import (
 	"fmt"
@@ -12,7 +13,7 @@ import (
 )
 
 // ABIVersion is the version of the OKRA guest ABI this package speaks.
-const ABIVersion = 1
+const ABIVersion = 2
 
 const (
 	// responseHeader is the room left before a response's output for the envelope's
@@ -27,6 +28,7 @@ var (
 	requestBuf  []byte  // the buffer okra_buffer hands out; reused across requests
 	responseBuf []byte  // the last response; alive until the next call, then reused
 	current     Context // the request being handled (there is only ever one)
+	stream      Stream  // the stream of the request being handled, if it streams
 )
 
 //go:wasmexport okra_abi_version
@@ -74,6 +76,7 @@ func handle(ptr int32, length int32, out []byte) (_ []byte, err error) {
 		return out, NewError(Internal, "request envelope is outside the buffer returned by okra_buffer")
 	}
 	var serviceName, methodName, input []byte
+	streaming := false
 	current.metadata = current.metadata[:0]
 	for len(in) > 0 {
 		num, typ, n := consumeTag(in)
@@ -81,6 +84,15 @@ func handle(ptr int32, length int32, out []byte) (_ []byte, err error) {
 			return out, NewError(Internal, wireError("okra.abi.v1.Request", n).Error())
 		}
 		in = in[n:]
+		if typ == wireVarint && num == 5 { // Request.stream
+			v, n := consumeVarint(in)
+			if n < 0 {
+				return out, NewError(Internal, wireError("okra.abi.v1.Request", n).Error())
+			}
+			streaming = v != 0
+			in = in[n:]
+			continue
+		}
 		if typ == wireBytes && num >= 1 && num <= 4 {
 			v, n := consumeBytes(in)
 			if n < 0 {
@@ -110,13 +122,28 @@ func handle(ptr int32, length int32, out []byte) (_ []byte, err error) {
 		return out, err
 	}
 	current.service, current.method = s.name, m.Name
+	if streaming != (m.Stream != nil) {
+		return out, Errorf(Internal, "%s/%s: the host called a %s method as %s", s.name, m.Name,
+			kindOf(m.Stream != nil), kindOf(streaming))
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(os.Stderr, "panic in %s/%s: %v\n%s", s.name, m.Name, r, debug.Stack())
 			err = Errorf(Internal, "%s/%s panicked: %v", s.name, m.Name, r)
 		}
 	}()
+	if m.Stream != nil {
+		stream.err = nil
+		return out, m.Stream(&current, input, &stream)
+	}
 	return m.Handler(&current, input, out)
+}
+
+func kindOf(streaming bool) string {
+	if streaming {
+		return "server-streaming"
+	}
+	return "unary"
 }
 
 // requestBytes returns the request the host wrote at ptr, which must lie within the

@@ -21,8 +21,20 @@
 // Register implementations in an init function: the host loads the module as a WASI
 // reactor, so main is never called (it must exist, and may stay empty).
 //
-// The package implements the guest side of the OKRA ABI, version 1 (docs/abi.md): the
+// A server-streaming method (rpc Watch(Req) returns (stream Resp)) gets a stream to
+// send its responses with; each reaches the client as soon as it is sent:
+//
+//	func (greeter) GreetMany(ctx *okra.Context, req *greeterv1.GreetManyRequest, stream *greeterv1.GreeterGreetManyStream) error {
+//		for i := range req.Count {
+//			if err := stream.Send(&greeterv1.GreetManyReply{Index: i}); err != nil {
+//				return err // the client has gone
+//			}
+//		}
+//		return nil
+//	}
+//
+// The package implements the guest side of the OKRA ABI, version 2 (docs/abi.md): the
 // exports okra_abi_version, okra_buffer and okra_handle, the request and response
-// envelopes, and bindings for the host APIs (okra.log). It uses only the standard
-// library, so a build never downloads a module.
+// envelopes, okra.abi.send for streams, and bindings for the host APIs (okra.log). It
+// uses only the standard library, so a build never downloads a module.
 package okra

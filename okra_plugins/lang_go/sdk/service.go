@@ -5,10 +5,17 @@ package okra
 // per method; implementations never see it.
 type Handler func(ctx *Context, input []byte, out []byte) ([]byte, error)
 
-// Method names a Handler within a service.
+// StreamHandler runs one server-streaming method on its encoded input: it decodes the
+// request and calls the implementation, which sends its responses through stream.
+// Generated code provides one per streaming method.
+type StreamHandler func(ctx *Context, input []byte, stream *Stream) error
+
+// Method names the handler of one method within a service: Handler for a unary method,
+// Stream for a server-streaming one.
 type Method struct {
 	Name    string
 	Handler Handler
+	Stream  StreamHandler
 }
 
 // Message is what every generated message type implements.
