@@ -8,6 +8,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	greeterv1 "greeter/gen/greeter/v1"
 
@@ -18,7 +19,11 @@ import (
 // run several instances of the module, each with its own memory.
 type greeter struct{}
 
-const maxTimes = 10
+const (
+	maxTimes      = 10
+	maxStreamed   = 100
+	maxIntervalMs = 10000
+)
 
 var helloIn = map[greeterv1.Language]string{
 	greeterv1.Language_LANGUAGE_UNSPECIFIED: "Hello",
@@ -111,6 +116,45 @@ func (greeter) Summarize(ctx *okra.Context, team *greeterv1.Team) (*greeterv1.Te
 		)
 	}
 	return summary, nil
+}
+
+// GreetMany streams greetings, one every interval_ms: each reaches the client as soon
+// as it is sent.
+func (greeter) GreetMany(ctx *okra.Context, req *greeterv1.GreetManyRequest, stream *greeterv1.GreeterGreetManyStream) error {
+	name := strings.TrimSpace(req.Name)
+	if name == "" {
+		return okra.Errorf(okra.InvalidArgument, "name must not be empty")
+	}
+	hello, ok := helloIn[req.Language]
+	if !ok {
+		return okra.Errorf(okra.InvalidArgument, "language %v is not supported", req.Language)
+	}
+	count := req.Count
+	if count == 0 {
+		count = 3
+	}
+	if count < 1 || count > maxStreamed {
+		return okra.Errorf(okra.OutOfRange, "count must be between 1 and %d, not %d", maxStreamed, req.Count)
+	}
+	if req.IntervalMs < 0 || req.IntervalMs > maxIntervalMs {
+		return okra.Errorf(okra.OutOfRange, "interval_ms must be between 0 and %d, not %d", maxIntervalMs, req.IntervalMs)
+	}
+	for i := int32(1); i <= count; i++ {
+		if req.FailAfter > 0 && i > req.FailAfter {
+			// Everything sent so far has reached the client; the error ends the stream.
+			return okra.Errorf(okra.Aborted, "stopped after %d greetings, as asked", req.FailAfter)
+		}
+		if i > 1 && req.IntervalMs > 0 {
+			time.Sleep(time.Duration(req.IntervalMs) * time.Millisecond)
+		}
+		reply := &greeterv1.GreetManyReply{Index: i, Message: fmt.Sprintf("%s, %s! (%d/%d)", hello, name, i, count)}
+		if err := stream.Send(reply); err != nil {
+			// The client has gone or the deadline has passed: nobody listens any more.
+			ctx.Log().Info("stream ended early", okra.Int("sent", int(i-1)), okra.Err(err))
+			return err
+		}
+	}
+	return nil
 }
 
 // roleName turns ROLE_ENGINEER into "engineer"; a role this build does not know keeps
