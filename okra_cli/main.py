@@ -243,8 +243,8 @@ def dev(path: pathlib.Path, **options):
 @errors_as_one_line
 def call(target: str, body: str, address: str, package: str | None, timeout: float, headers):
     """Call SERVICE/METHOD with a JSON request (use - to read it from stdin) and print
-    the JSON response."""
-    from okra_plugins.transport_grpc.client import call_json
+    the JSON response (each response of a server stream, as it arrives)."""
+    from okra_plugins.transport_grpc.client import call_json_stream
 
     if body == "-":
         body = sys.stdin.read()
@@ -254,7 +254,8 @@ def call(target: str, body: str, address: str, package: str | None, timeout: flo
         if not sep:
             raise OkraError(f"header {header!r} must look like 'key: value'")
         metadata.append((key.strip().lower(), value.strip()))
-    click.echo(call_json(address, target, body, package=package, timeout=timeout, metadata=metadata))
+    for response in call_json_stream(address, target, body, package=package, timeout=timeout, metadata=metadata):
+        click.echo(response)
 
 
 # -- plugins --------------------------------------------------------------------------

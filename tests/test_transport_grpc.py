@@ -8,8 +8,12 @@
 #   options are validated (sizes, port in use).
 # - routing: a deployed unary method gets the raw request bytes and its response reaches
 #   the client unchanged; unknown service / unknown method -> UNIMPLEMENTED naming what
-#   exists; streaming methods -> UNIMPLEMENTED "need ABI v2"; deploys, undeploys and
+#   exists; client-streaming methods -> UNIMPLEMENTED at once; deploys, undeploys and
 #   redeploys after start are served without a restart.
+# - server streaming: each message reaches the client in order as the runtime yields it;
+#   an error after some messages reaches the client after them, with its code; the
+#   deadline arrives as the time remaining; a client that cancels closes the runtime's
+#   stream (so the guest is told); a runtime without invoke_stream -> UNIMPLEMENTED.
 # - errors: every RpcError code reaches the client as the same grpc.StatusCode with the
 #   same message; an unexpected exception is INTERNAL without its details.
 # - deadlines: the client's deadline arrives as the time remaining; no deadline -> None.
@@ -24,6 +28,7 @@
 #   transitive dependencies; two packages with different files of the same name each get
 #   their own; builtin services are described; unknown symbols -> NOT_FOUND.
 # - client.call_json: JSON in/out through reflection (defaults printed, JSON names),
+#   server streams through call_json_stream (each message; an error after some),
 #   metadata and deadline, error codes from the server, bad JSON, unknown fields, bad
 #   targets, unknown service/method, nothing listening -> UNAVAILABLE; v1alpha-only
 #   servers; schemas from a package when the server has no reflection.
@@ -60,7 +65,7 @@ from okra_core.plugins import Registry
 from okra_core.status import RpcError, StatusCode
 from okra_core.transport import Transport
 from okra_plugins.transport_grpc._transport import GrpcTransport, parse_size
-from okra_plugins.transport_grpc.client import call_json, list_services
+from okra_plugins.transport_grpc.client import call_json, call_json_stream, list_services
 
 FIXTURES = Path(__file__).parent / "fixtures" / "grpc"
 ECHO = "okratest.v1.Echo"
@@ -109,6 +114,7 @@ class FakeRuntime:
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._listeners = []
         self.calls: list[Call] = []
+        self.streams_closed = 0
 
     def deploy(self, descriptor_set: bytes, service: str, handlers: dict[str, Handler]):
         pool = load_descriptor_set(descriptor_set)
@@ -140,6 +146,15 @@ class FakeRuntime:
             raise RpcError(StatusCode.UNIMPLEMENTED, f"service {service} is not deployed")
         return await self._handlers[(service, method)](call)
 
+    async def invoke_stream(self, service, method, payload, *, metadata=(), timeout=None):
+        call = Call(service, method, payload, metadata, timeout)
+        self.calls.append(call)
+        try:
+            async for message in self._handlers[(service, method)](call):
+                yield message
+        finally:
+            self.streams_closed += 1
+
 
 def echo_handlers(schema) -> dict[str, Handler]:
     """Say echoes text (repeated) and the metadata it saw; Fail raises the code asked."""
@@ -163,7 +178,18 @@ def echo_handlers(schema) -> dict[str, Handler]:
             raise KeyError("secret internal detail")
         raise RpcError(StatusCode(request.code), request.message)
 
-    return {"Say": say_handler, "Fail": fail_handler}
+    async def watch_handler(call: Call):
+        """repeat_count messages "text 1".."text N", 50 ms apart for text "slow";
+        text "fail" raises ABORTED after two."""
+        request = say.input_class.FromString(call.payload)
+        for i in range(1, request.repeat_count + 1):
+            if request.text == "fail" and i > 2:
+                raise RpcError(StatusCode.ABORTED, "stopped after 2")
+            if request.text == "slow" and i > 1:
+                await asyncio.sleep(0.05)
+            yield say.output_class(text=f"{request.text} {i}", count=i).SerializeToString()
+
+    return {"Say": say_handler, "Fail": fail_handler, "Watch": watch_handler}
 
 
 class Served:
@@ -278,11 +304,62 @@ async def test_unknown_method_is_unimplemented_listing_the_methods(served):
     assert "'Shout'" in details and "Say" in details and "Fail" in details
 
 
-async def test_streaming_method_is_unimplemented_until_abi_v2(served):
-    stream = served.channel.unary_stream(f"/{ECHO}/Watch")(b"")
-    code, details = await code_and_details(stream.read())
+def watch_request(served, text: str, count: int) -> bytes:
+    request_class, _ = served.echo_classes()
+    return request_class(text=text, repeat_count=count).SerializeToString()
+
+
+async def read_stream(served, call) -> list[str]:
+    _, response_class = served.echo_classes()
+    return [response_class.FromString(raw).text async for raw in call]
+
+
+async def test_server_stream_delivers_every_message_in_order(served):
+    call = served.channel.unary_stream(f"/{ECHO}/Watch")(watch_request(served, "tick", 3), timeout=5)
+    assert await read_stream(served, call) == ["tick 1", "tick 2", "tick 3"]
+    assert await call.code() == grpc.StatusCode.OK
+    assert 0 < served.runtime.calls[-1].timeout <= 5
+
+
+async def test_server_stream_error_arrives_after_the_messages_sent(served):
+    call = served.channel.unary_stream(f"/{ECHO}/Watch")(watch_request(served, "fail", 5))
+    received = []
+    _, response_class = served.echo_classes()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for raw in call:
+            received.append(response_class.FromString(raw).text)
+    assert received == ["fail 1", "fail 2"]
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.ABORTED, "stopped after 2")
+
+
+async def test_server_stream_cancelled_by_the_client_closes_the_runtime_stream(served):
+    call = served.channel.unary_stream(f"/{ECHO}/Watch")(watch_request(served, "slow", 1000))
+    await call.read()
+    call.cancel()
+    for _ in range(100):
+        if served.runtime.streams_closed:
+            break
+        await asyncio.sleep(0.02)
+    assert served.runtime.streams_closed == 1
+
+
+async def test_client_streaming_method_is_unimplemented_at_once(served):
+    call = served.channel.stream_stream(f"/{ECHO}/Upload")()
+    code, details = await code_and_details(asyncio.wait_for(call.read(), timeout=5))
     assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "streaming methods need ABI v2" in details
+    assert "streams requests" in details
+
+
+async def test_server_streaming_needs_a_runtime_that_streams(echo_set, monkeypatch):
+    monkeypatch.delattr(FakeRuntime, "invoke_stream")
+    s = await serve(echo_set)
+    try:
+        s.deploy_echo()
+        code, details = await code_and_details(s.channel.unary_stream(f"/{ECHO}/Watch")(b"").read())
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "no streaming calls" in details
+    finally:
+        await s.channel.close()
+        await s.transport.stop(0)
 
 
 async def test_unknown_path_fails_at_once_even_for_a_streaming_client(served):
@@ -563,7 +640,7 @@ async def test_reflection_resolves_symbols_with_transitive_dependencies(served, 
     pool = descriptor_pool.DescriptorPool()
     for name in ("google/protobuf/timestamp.proto", "okratest/v1/common.proto", "okratest/v1/echo.proto"):
         pool.Add(files[name])
-    assert [m.name for m in pool.FindServiceByName(ECHO).methods] == ["Say", "Fail", "Watch"]
+    assert [m.name for m in pool.FindServiceByName(ECHO).methods] == ["Say", "Fail", "Watch", "Upload"]
 
 
 async def test_reflection_resolves_files_by_name_and_reports_unknowns(served):
@@ -632,6 +709,24 @@ async def test_call_json_learns_the_schema_from_reflection(served):
     assert sent.repeat_count == 2 and sent.sent_at.seconds == 1704164645
 
 
+async def test_call_json_stream_yields_each_message_of_a_server_stream(served):
+    def collect(text):
+        return [json.loads(m)["text"] for m in call_json_stream(served.address, f"{ECHO}/Watch", text)]
+
+    assert await asyncio.to_thread(collect, '{"text": "t", "repeatCount": 3}') == ["t 1", "t 2", "t 3"]
+    received = []
+
+    def collect_until_error():
+        for m in call_json_stream(served.address, f"{ECHO}/Watch", '{"text": "fail", "repeatCount": 5}'):
+            received.append(json.loads(m)["text"])
+
+    with pytest.raises(RpcError, match="stopped after 2") as info:
+        await asyncio.to_thread(collect_until_error)
+    assert info.value.code == StatusCode.ABORTED and received == ["fail 1", "fail 2"]
+    # A unary method through the same function: exactly one response.
+    assert len(await asyncio.to_thread(lambda: list(call_json_stream(served.address, f"{ECHO}/Say", "{}")))) == 1
+
+
 async def test_call_json_prints_fields_at_their_default_value(served):
     text = await asyncio.to_thread(call_json, f"http://{served.address}", f"/{ECHO}/Say", "{}")
     assert json.loads(text)["count"] == 0 and json.loads(text)["text"] == ""
@@ -676,8 +771,11 @@ async def test_call_json_names_what_the_server_has_for_unknown_targets(served):
     with pytest.raises(RpcError) as info:
         await asyncio.to_thread(call_json, served.address, f"{ECHO}/Shout", "{}")
     assert info.value.code == StatusCode.UNIMPLEMENTED and "Say" in info.value.message
-    with pytest.raises(RpcError, match="streaming"):
+    with pytest.raises(RpcError, match="server-streaming method; call it with call_json_stream"):
         await asyncio.to_thread(call_json, served.address, f"{ECHO}/Watch", "{}")
+    with pytest.raises(RpcError, match="streams requests") as info:
+        await asyncio.to_thread(call_json, served.address, f"{ECHO}/Upload", "{}")
+    assert info.value.code == StatusCode.UNIMPLEMENTED
 
 
 async def test_call_json_falls_back_to_v1alpha_reflection(echo_set):

@@ -9,7 +9,7 @@ redeploying never restarts the server. Requests and responses stay raw bytes (no
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import grpc
@@ -25,7 +25,7 @@ log = logging.getLogger("okra.transport.grpc")
 class DynamicRouter(grpc.GenericRpcHandler):
     """Looks `/package.Service/Method` up in the runtime on every call.
 
-    Handlers of deployed unary methods are cached by path; the cache is dropped whenever
+    Handlers of deployed unary and server-streaming methods are cached by path; the cache is dropped whenever
     the runtime reports a deploy or undeploy (`forget`). Unknown paths are not cached, so
     a client cannot grow the cache.
     """
@@ -58,12 +58,22 @@ class DynamicRouter(grpc.GenericRpcHandler):
                 StatusCode.UNIMPLEMENTED,
                 f"service {service_name} has no method {method_name!r} (methods: {known})",
             )
-        if method.client_streaming or method.server_streaming:
+        if method.client_streaming:
             return _refuse(
                 StatusCode.UNIMPLEMENTED,
-                f"{service_name}/{method_name} is a streaming method: streaming methods need ABI v2",
+                f"{service_name}/{method_name} streams requests: only unary and "
+                "server-streaming methods are served",
             )
-        handler = grpc.unary_unary_rpc_method_handler(self._unary(service_name, method_name))
+        if method.server_streaming:
+            if not hasattr(self._runtime, "invoke_stream"):
+                return _refuse(
+                    StatusCode.UNIMPLEMENTED,
+                    f"{service_name}/{method_name} is a streaming method: this runtime has no "
+                    "streaming calls",
+                )
+            handler = grpc.unary_stream_rpc_method_handler(self._streaming(service_name, method_name))
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(self._unary(service_name, method_name))
         self._cache[path] = handler
         return handler
 
@@ -85,6 +95,36 @@ class DynamicRouter(grpc.GenericRpcHandler):
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+        return call
+
+    def _streaming(self, service: str, method: str):
+        runtime = self._runtime
+        allow = self._allow
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            stream = None
+            try:
+                stream = runtime.invoke_stream(
+                    service,
+                    method,
+                    request,
+                    metadata=filter_metadata(context.invocation_metadata() or (), allow),
+                    timeout=context.time_remaining(),
+                )
+                async for response in stream:
+                    yield response
+            except RpcError as error:
+                await context.abort(TO_GRPC[error.code], error.message)
+            except Exception:
+                log.exception("%s/%s failed with an unexpected error", service, method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            finally:
+                # A client that hangs up cancels this generator: closing the runtime's
+                # stream cancels the guest's call too (its next send fails).
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
 
         return call
 

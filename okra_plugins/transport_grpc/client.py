@@ -4,6 +4,8 @@ It learns the method's message types from the server itself (server reflection, 
 v1alpha) or from a package file, so calling a service needs no generated code:
 
     call_json("127.0.0.1:50051", "greeter.v1.Greeter/SayHello", '{"name": "Ada"}')
+    for reply in call_json_stream("127.0.0.1:50051", "greeter.v1.Greeter/GreetMany", '{"name": "Ada"}'):
+        print(reply)  # each response of a server stream as it arrives
 
 JSON follows the proto3 JSON mapping. The request accepts both the JSON names
 (``userId``) and the proto field names (``user_id``). The response is printed with the
@@ -21,7 +23,7 @@ listens at the address).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
@@ -32,7 +34,7 @@ from okra_core.status import RpcError, StatusCode
 
 from ._status import FROM_GRPC
 
-__all__ = ["call_json", "parse_target", "list_services"]
+__all__ = ["call_json", "call_json_stream", "parse_target", "list_services"]
 
 _REFLECTION_PATHS = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -55,19 +57,54 @@ def call_json(
     The schema comes from `package` (a path to an .okra.pkg) when given, else from the
     server's reflection service.
     """
+    responses = list(
+        call_json_stream(address, target, json_text, package=package, timeout=timeout,
+                         metadata=metadata, unary_only=True)
+    )
+    return responses[0]
+
+
+def call_json_stream(
+    address: str,
+    target: str,
+    json_text: str,
+    *,
+    package: str | None = None,
+    timeout: float = 30.0,
+    metadata: Iterable[tuple[str, str]] = (),
+    unary_only: bool = False,
+) -> Iterator[str]:
+    """Call the unary or server-streaming method `target`; yield each response as JSON
+    text (indent 2) as it arrives: one for a unary method, any number for a stream.
+    An error (RpcError) may come after some responses. `timeout` bounds the whole call."""
     service, method = parse_target(target)
     address = _plain_address(address)
     with grpc.insecure_channel(address) as channel:
         if package is not None:
-            input_class, output_class = _classes_from_package(package, service, method)
+            found = _method_from_package(package, service, method)
         else:
-            input_class, output_class = _classes_from_reflection(channel, address, service, method, timeout)
-        request = _parse_request(json_text, input_class)
-        call = channel.unary_unary(f"/{service}/{method}")
+            found = _method_from_reflection(channel, address, service, method, timeout)
+        input_class, output_class, streaming = found
+        if streaming and unary_only:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"{service}/{method} is a server-streaming method; call it with call_json_stream",
+            )
+        request = _parse_request(json_text, input_class).SerializeToString()
         try:
-            response = call(request.SerializeToString(), timeout=timeout, metadata=tuple(metadata))
+            if streaming:
+                call = channel.unary_stream(f"/{service}/{method}")
+                responses = call(request, timeout=timeout, metadata=tuple(metadata))
+            else:
+                call = channel.unary_unary(f"/{service}/{method}")
+                responses = (call(request, timeout=timeout, metadata=tuple(metadata)),)
+            for response in responses:
+                yield _to_json(response, output_class, service, method)
         except grpc.RpcError as error:
             raise _rpc_error(error, address) from None
+
+
+def _to_json(response: bytes, output_class: type[Message], service: str, method: str) -> str:
     try:
         message = output_class.FromString(response)
     except Exception as exc:  # DecodeError, or a schema that does not match the server
@@ -124,7 +161,7 @@ def _parse_request(json_text: str, input_class: type[Message]) -> Message:
     return request
 
 
-def _classes_from_package(path: str, service: str, method: str) -> tuple[type[Message], type[Message]]:
+def _method_from_package(path: str, service: str, method: str) -> tuple[type[Message], type[Message], bool]:
     from okra_core.errors import PackageError
     from okra_core.package import load_package
 
@@ -139,13 +176,13 @@ def _classes_from_package(path: str, service: str, method: str) -> tuple[type[Me
             f"service {service} in {path} has no method {method!r} "
             f"(methods: {', '.join(sorted(schema.methods)) or 'none'})",
         )
-    _refuse_streaming(service, method, found.client_streaming, found.server_streaming)
-    return found.input_class, found.output_class
+    _refuse_client_streaming(service, method, found.client_streaming)
+    return found.input_class, found.output_class, found.server_streaming
 
 
-def _classes_from_reflection(
+def _method_from_reflection(
     channel: grpc.Channel, address: str, service: str, method: str, timeout: float
-) -> tuple[type[Message], type[Message]]:
+) -> tuple[type[Message], type[Message], bool]:
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
     response = _reflect(channel, address, request, timeout)
     if response.HasField("error_response"):
@@ -175,18 +212,20 @@ def _classes_from_reflection(
             f"service {service} has no method {method!r} "
             f"(methods: {', '.join(sorted(descriptor.methods_by_name)) or 'none'})",
         )
-    _refuse_streaming(service, method, found.client_streaming, found.server_streaming)
+    _refuse_client_streaming(service, method, found.client_streaming)
     return (
         message_factory.GetMessageClass(found.input_type),
         message_factory.GetMessageClass(found.output_type),
+        found.server_streaming,
     )
 
 
-def _refuse_streaming(service: str, method: str, client_streaming: bool, server_streaming: bool) -> None:
-    if client_streaming or server_streaming:
+def _refuse_client_streaming(service: str, method: str, client_streaming: bool) -> None:
+    if client_streaming:
         raise RpcError(
             StatusCode.UNIMPLEMENTED,
-            f"{service}/{method} is a streaming method; this client calls unary methods only",
+            f"{service}/{method} streams requests; this client calls unary and "
+            "server-streaming methods only",
         )
 
 
