@@ -13,15 +13,21 @@
 #   and gRPC (to the gRPC port): SayHello and Summarize round-trip every field kind of
 #   the greeter (enums, int64, nested, repeated, maps, oneofs); the guest's
 #   InvalidArgument and OutOfRange reach the client with their messages; an unknown
-#   method is Unimplemented; a deadline the call cannot meet is DeadlineExceeded, one it
-#   can is met.
+#   method is Unimplemented; a call with a deadline it can meet is answered (deadlines
+#   it cannot meet are in the streaming case below, where the guest is paced: a unary
+#   greeting is too fast for any deadline to be missed reliably).
+# - connect-es streaming GreetMany over the same protocols: every message in order; paced
+#   messages arrive as the guest sends them (not all at the end); an error after two
+#   messages reaches the client after them; a deadline cuts the stream; a bad request
+#   fails before any message.
 # - curl with JSON: a call; the guest's error as Connect error JSON with its HTTP status;
 #   an expired deadline (connect-timeout-ms: 0) -> 504 deadline_exceeded; wrong content
 #   type -> 415; malformed JSON and malformed binary -> 400 invalid_argument (the binary
 #   one refused by the runtime before the guest); oversized body -> 429
 #   resource_exhausted; unknown service -> 404 unimplemented. The greeter answers after
 #   each.
-# - buf curl --protocol connect and --protocol grpcweb: a call, and the guest's error.
+# - buf curl --protocol connect and --protocol grpcweb: a call, and the guest's error; a
+#   server stream over Connect.
 # - grpcio on the gRPC port reaches the same runtime.
 
 from __future__ import annotations
@@ -193,7 +199,6 @@ CALLS = [
     {"id": "team", "method": "summarize", "request": TEAM},
     {"id": "empty_name", "method": "sayHello", "request": {"name": " "}},
     {"id": "too_many", "method": "sayHello", "request": {"name": "Ada", "times": "11"}},
-    {"id": "too_late", "method": "sayHello", "request": {"name": "Ada"}, "timeoutMs": 1},
 ]
 
 PROTOCOLS = {
@@ -227,7 +232,39 @@ async def test_connect_es_calls_the_greeter(stack, generated, variant):
     assert results["too_many"] == {
         "error": {"code": "OutOfRange", "message": "times must be between 1 and 10, not 11"}
     }
-    assert results["too_late"]["error"]["code"] == "DeadlineExceeded"
+
+
+STREAM_CALLS = [
+    {"id": "three", "method": "greetMany", "request": {"name": "Ada", "count": 3}},
+    {"id": "paced", "method": "greetMany", "request": {"name": "Ada", "count": 3, "intervalMs": 300}},
+    {"id": "fails", "method": "greetMany", "request": {"name": "Ada", "count": 5, "failAfter": 2}},
+    {"id": "too_late", "method": "greetMany", "request": {"name": "Ada", "count": 10, "intervalMs": 200},
+     "timeoutMs": 700},
+    {"id": "bad", "method": "greetMany", "request": {"name": " "}},
+]
+
+STREAM_PROTOCOLS = [name for name in PROTOCOLS if name != "connect-gzip"]
+
+
+@pytest.mark.parametrize("variant", STREAM_PROTOCOLS)
+async def test_connect_es_streams_from_the_greeter(stack, generated, variant):
+    protocol, binary, gzip = PROTOCOLS[variant]
+    base_url = stack.grpc_url if protocol == "grpc" else stack.base_url
+    results = await connect_es(generated, base_url, protocol, binary=binary, gzip=gzip, calls=STREAM_CALLS)
+
+    assert [m["message"] for m in results["three"]["ok"]] == [
+        {"index": i, "message": f"Hello, Ada! ({i}/3)"} for i in (1, 2, 3)
+    ]
+    # Each message reaches the client as the guest sends it, not when the stream ends.
+    first, _, last = (m["ms"] for m in results["paced"]["ok"])
+    assert last - first >= 500, results["paced"]
+    fails = results["fails"]
+    assert [m["message"]["index"] for m in fails["messages"]] == [1, 2]
+    assert fails["error"] == {"code": "Aborted", "message": "stopped after 2 greetings, as asked"}
+    too_late = results["too_late"]
+    assert too_late["error"]["code"] == "DeadlineExceeded"
+    assert 1 <= len(too_late["messages"]) < 10
+    assert results["bad"] == {"messages": [], "error": {"code": "InvalidArgument", "message": "name must not be empty"}}
 
 
 # -- curl -------------------------------------------------------------------------------
@@ -309,6 +346,16 @@ async def test_buf_curl_calls_the_greeter(stack, schema_file, protocol):
     assert code != 0
     assert "invalid_argument" in err.lower().replace(" ", "_")
     assert "name must not be empty" in err
+
+
+async def test_buf_curl_streams_from_the_greeter(stack, schema_file):
+    code, out, err = await run(
+        BUF, "curl", "--protocol", "connect", "--schema", str(schema_file),
+        "--data", '{"name": "Buf", "count": 2}', stack.base_url + f"/{GREETER}/GreetMany",
+    )
+    assert code == 0, err
+    messages = [json.loads(part) for part in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert messages == [{"index": 1, "message": "Hello, Buf! (1/2)"}, {"index": 2, "message": "Hello, Buf! (2/2)"}]
 
 
 # -- grpcio -------------------------------------------------------------------------------

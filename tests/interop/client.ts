@@ -9,8 +9,9 @@
 //     gzip?: true,                 // compress requests (and accept compressed responses)
 //     calls: [{ id, method: "sayHello", request: {...proto3 JSON...}, timeoutMs?, headers? }]
 //   }
-// Prints one JSON object: { id: { ok: <response JSON, or a list for a stream> }
-//                              | { error: { code: "InvalidArgument", message } } }.
+// Prints one JSON object, by call id: { ok: <response JSON> } or { error: { code:
+// "InvalidArgument", message } } for a unary call; for a server stream, { ok: [{ message,
+// ms }] } or { messages: [{ message, ms }], error } (ms: arrival after the call started).
 import { fromJson, toJson, type DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import {
@@ -62,17 +63,33 @@ function transportFor(plan: Plan): Transport {
   }
 }
 
+// A unary call's result is its response; a stream's is every message with the
+// milliseconds from the call's start to its arrival, and the error that ended it if any.
 async function run(client: any, method: DescMethod, call: Call): Promise<unknown> {
   const request = fromJson(method.input, call.request as any);
   const options = { timeoutMs: call.timeoutMs, headers: call.headers };
   if (method.methodKind === "server_streaming") {
-    const messages = [];
-    for await (const message of client[method.localName](request, options)) {
-      messages.push(toJson(method.output, message));
+    const started = Date.now();
+    const messages: unknown[] = [];
+    try {
+      for await (const message of client[method.localName](request, options)) {
+        messages.push({ message: toJson(method.output, message), ms: Date.now() - started });
+      }
+    } catch (err) {
+      return { messages, error: describe(err) };
     }
-    return messages;
+    return { ok: messages };
   }
-  return toJson(method.output, await client[method.localName](request, options));
+  try {
+    return { ok: toJson(method.output, await client[method.localName](request, options)) };
+  } catch (err) {
+    return { error: describe(err) };
+  }
+}
+
+function describe(err: unknown): { code: string; message: string } {
+  const error = ConnectError.from(err);
+  return { code: Code[error.code], message: error.rawMessage };
 }
 
 async function main(): Promise<void> {
@@ -84,12 +101,7 @@ async function main(): Promise<void> {
     if (method === undefined) {
       throw new Error(`the greeter has no method ${call.method}`);
     }
-    try {
-      results[call.id] = { ok: await run(client, method, call) };
-    } catch (err) {
-      const error = ConnectError.from(err);
-      results[call.id] = { error: { code: Code[error.code], message: error.rawMessage } };
-    }
+    results[call.id] = await run(client, method, call);
   }
   process.stdout.write(JSON.stringify(results) + "\n");
 }
