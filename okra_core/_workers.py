@@ -8,10 +8,12 @@ queue, N threads, and one `call_soon_threadsafe` back to the loop with the outco
 Even so, handing a call to a thread and back costs 30-100 us, against 2-5 us for a short
 guest call itself. `CallRunner` therefore runs a service's calls inline on the loop once
 they have proven short, and only for services whose host functions never block: after
-`promote_after` consecutive calls under `fast` seconds it goes inline; one inline call
-over `slow` seconds sends it back to threads, and the next promotion needs twice as many
-short calls (so a service whose calls are sometimes long stops flapping). An inline call
-may block the loop for `inline_budget` seconds at most: the engine stops it then
+`promote_after` consecutive calls under `fast` seconds of the worker's CPU (and
+`max_wall` of wall time) it goes inline. CPU, because on a busy process a thread waits
+for the GIL and even a 5 us guest call can take milliseconds of wall time. Two inline
+calls over `slow` seconds of CPU (or `max_wall` of wall time) within 16 calls send it
+back to threads (one may be the loop's own pause), and the next promotion needs twice as many short calls, so a service whose
+calls are sometimes long stops flapping. An inline call may block the loop for `inline_budget` seconds at most: the engine stops it then
 (InlineOverrun) and the caller runs it again from the start on a thread, with a fresh
 instance. That is why only guests whose host functions never block (and so only log or
 compute) qualify.
@@ -100,6 +102,9 @@ class InlineOverrun(GuestTrap):
     """An inline call ran past the inline budget and was stopped; run it on a thread."""
 
 
+_STRIKE = 16  # what a slow inline call weighs; each short one takes 1 off
+
+
 class CallRunner:
     """Runs one service's unary guest calls inline or on its worker threads."""
 
@@ -108,11 +113,12 @@ class CallRunner:
         threads: WorkerThreads,
         *,
         inline_allowed: bool,
-        fast: float = 200e-6,
+        fast: float = 1e-3,
         slow: float = 1e-3,
         promote_after: int = 100,
         max_promote_after: int = 100_000,
         inline_budget: float = 0.05,
+        max_wall: float = 0.05,
     ):
         self.threads = threads
         self.inline_allowed = inline_allowed
@@ -121,8 +127,10 @@ class CallRunner:
         self.promote_after = promote_after
         self.max_promote_after = max_promote_after
         self.inline_budget = inline_budget
+        self.max_wall = max_wall
         self.inline = False
         self._streak = 0
+        self._strikes = 0
         #: How often an inline call was too slow and sent the service back to threads.
         self.demotions = 0
 
@@ -138,7 +146,7 @@ class CallRunner:
         """Run `fn(instance, request, deadline)` (deadline in monotonic time), then
         `done(result, exception)` on the loop (immediately if the call ran inline)."""
         if self.inline:
-            start = time.monotonic()
+            start, cpu = time.monotonic(), time.thread_time()
             budget = min(deadline, start + self.inline_budget)
             try:
                 result = fn(instance, request, budget)
@@ -148,10 +156,10 @@ class CallRunner:
                     exc = InlineOverrun(f"stopped after the inline budget: {exc}")
                 done(None, exc)
             except BaseException as exc:
-                self._inline_took(time.monotonic() - start)
+                self._inline_took(time.thread_time() - cpu, time.monotonic() - start)
                 done(None, exc)
             else:
-                self._inline_took(time.monotonic() - start)
+                self._inline_took(time.thread_time() - cpu, time.monotonic() - start)
                 done(result, None)
         elif self.inline_allowed:
             self.threads.submit(loop, done, self._timed, fn, (instance, request, deadline))
@@ -159,24 +167,37 @@ class CallRunner:
             self.threads.submit(loop, done, fn, instance, request, deadline)
 
     def _timed(self, fn: Callable[..., Any], args: tuple) -> Any:
-        start = time.monotonic()
+        # A call is short by the CPU its thread spent, not by wall time: on a busy loop a
+        # worker waits for the GIL (up to the 5 ms switch interval) and a short call
+        # would never look short. Wall time still bounds it, so a guest that waits (a
+        # WASI sleep) is not taken for a short one.
+        start, cpu = time.monotonic(), time.thread_time()
         try:
             return fn(*args)
         finally:
             # Runs on the worker; a lost update between threads only delays a promotion.
-            if time.monotonic() - start < self.fast:
+            if time.thread_time() - cpu < self.fast and time.monotonic() - start < self.max_wall:
                 self._streak += 1
                 if self._streak >= self.promote_after:
                     self.inline = True
             else:
                 self._streak = 0
 
-    def _inline_took(self, seconds: float) -> None:
-        if seconds > self.slow:
-            self._demote()
+    def _inline_took(self, cpu: float, wall: float) -> None:
+        # Slow is CPU over `slow` (wall time would count the loop thread's own waits for
+        # the GIL, which other threads hold for milliseconds) or wall time over
+        # `max_wall` (a guest that waits). One slow call may be the loop's own pause (a
+        # garbage collection); a second one within 16 calls is the guest's.
+        if cpu > self.slow or wall > self.max_wall:
+            self._strikes += _STRIKE
+            if self._strikes > _STRIKE:
+                self._demote()
+        elif self._strikes:
+            self._strikes -= 1
 
     def _demote(self) -> None:
         self.inline = False
         self._streak = 0
+        self._strikes = 0
         self.demotions += 1
         self.promote_after = min(self.promote_after * 2, self.max_promote_after)

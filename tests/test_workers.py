@@ -5,9 +5,13 @@
 # CallRunner (inline once proven short):
 # - a service whose host functions may block is never run inline, however fast.
 # - after `promote_after` consecutive fast calls on threads, calls run inline (on the
-#   loop thread); a slow call in between resets the streak.
-# - an inline call slower than `slow` sends the service back to threads and doubles the
-#   number of fast calls needed for the next promotion.
+#   loop thread); a slow call in between resets the streak. "Fast" is the CPU the worker
+#   spent: a call that waits briefly (as a worker does for the GIL on a busy loop) still
+#   counts, one that burns CPU or waits past `max_wall` does not.
+# - two inline calls over `slow` of CPU (or `max_wall` of waiting; brief waits, as for
+#   the GIL, do not count) within 16 calls send the service back to threads
+#   and double the number of fast calls needed for the next promotion; one alone does
+#   not (it may be a pause of the loop's own).
 # - exceptions reach `done` in both modes.
 # - an inline call gets at most `inline_budget` (its deadline is clipped); a guest stopped
 #   there raises InlineOverrun (to be run again on a thread) and demotes the service;
@@ -51,6 +55,13 @@ def where():
     return threading.current_thread() is threading.main_thread()
 
 
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return threading.current_thread() is threading.main_thread()
+
+
 async def test_worker_threads_run_off_the_loop_and_deliver_errors():
     threads = WorkerThreads(2, "t")
     assert await threads.run(where) is False
@@ -82,7 +93,7 @@ async def test_fast_calls_are_promoted_inline_and_a_slow_one_resets_the_streak()
     runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=5, fast=0.005)
     for _ in range(4):
         assert await call(runner, where) is False
-    await call(runner, time.sleep, 0.01)  # slow: the streak starts again
+    await call(runner, burn, 0.01)  # slow: the streak starts again
     for _ in range(4):
         await call(runner, where)
     assert not runner.inline
@@ -91,18 +102,54 @@ async def test_fast_calls_are_promoted_inline_and_a_slow_one_resets_the_streak()
     assert await call(runner, where) is True  # ran on the loop thread
 
 
+async def test_fast_means_little_cpu_within_a_wall_time_bound():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=3, fast=0.002, max_wall=0.05)
+    for _ in range(2):
+        await call(runner, time.sleep, 0.01)  # waits 10 ms, spends no CPU: short
+    await call(runner, burn, 0.01)  # 10 ms of CPU: not short, the streak starts again
+    for _ in range(2):
+        await call(runner, time.sleep, 0.01)
+    assert not runner.inline
+    await call(runner, time.sleep, 0.1)  # past max_wall: not short either
+    for _ in range(2):
+        await call(runner, time.sleep, 0.01)
+    assert not runner.inline
+    await call(runner, time.sleep, 0.01)
+    assert runner.inline
+
+
 async def test_slow_inline_call_demotes_and_doubles_the_bar():
     runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=2, fast=0.005, slow=0.005)
     await call(runner, where)
     await call(runner, where)
     assert runner.inline
-    await call(runner, time.sleep, 0.02)
+    await call(runner, burn, 0.02)
+    assert runner.inline  # one slow call may be the loop's own pause
+    for _ in range(17):  # forgotten after 16 short calls
+        await call(runner, where)
+    await call(runner, burn, 0.02)
+    assert runner.inline
+    for _ in range(15):
+        await call(runner, where)
+    await call(runner, burn, 0.02)  # a second within 16 calls: the guest's
     assert not runner.inline and runner.demotions == 1 and runner.promote_after == 4
     for _ in range(3):
         await call(runner, where)
     assert not runner.inline
     await call(runner, where)
     assert runner.inline
+
+
+async def test_inline_calls_that_wait_long_demote_too():
+    runner = CallRunner(WorkerThreads(1, "t"), inline_allowed=True, promote_after=1, fast=0.005, max_wall=0.02)
+    await call(runner, where)
+    assert runner.inline
+    await call(runner, time.sleep, 0.005)  # waiting, not computing, within max_wall: short
+    await call(runner, time.sleep, 0.005)
+    assert runner.inline
+    await call(runner, time.sleep, 0.03)
+    await call(runner, time.sleep, 0.03)
+    assert not runner.inline and runner.demotions == 1
 
 
 async def test_exceptions_reach_done_in_both_modes():
