@@ -133,7 +133,10 @@ _UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
 
 def _micros(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise RuntimeError(f"wrk printed a latency this script cannot read: {text!r}")
+    value, unit = match.groups()
     return float(value) * _UNITS[unit]
 
 
@@ -149,8 +152,8 @@ async def wrk(url: str, script: Path, seconds: float, connections: int) -> dict[
     if "Non-2xx" in text or "Socket errors" in text:
         raise RuntimeError(f"wrk saw failed requests:\n{text}")
     latency = re.search(r"Latency\s+(\S+)", text)[1]
-    p50 = re.search(r"50%\s+(\S+)", text)[1]
-    p99 = re.search(r"99%\s+(\S+)", text)[1]
+    p50 = re.search(r"^\s*50%\s+(\S+)", text, re.M)[1]
+    p99 = re.search(r"^\s*99%\s+(\S+)", text, re.M)[1]
     return {
         "rate": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]),
         "requests": int(re.search(r"(\d+) requests in", text)[1]),
