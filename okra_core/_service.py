@@ -107,7 +107,8 @@ class ServiceActor:
                         outcome.set_exception(exc)
 
             self.runner.call(loop, done, _call_guest, instance, envelope, message.deadline)
-            timer = loop.call_at(message.deadline, _expire, outcome, path)
+            # An inline call is already done: no timer to set and cancel.
+            timer = None if outcome.done() else loop.call_at(message.deadline, _expire, outcome, path)
             try:
                 response = await outcome
             except InlineOverrun:
@@ -121,7 +122,8 @@ class ServiceActor:
             except GuestFault as exc:
                 raise RpcError(StatusCode.INTERNAL, f"guest broke the ABI in {path}: {exc}") from None
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
             break
         output, code, text = response
         if code:
