@@ -39,7 +39,9 @@
 # - CORS: off by default; allowed origins get preflight answers and response headers;
 #   other origins get none (403 on preflight); "*" allows any.
 # - routing follows deploys and undeploys without a restart.
-# - stop: in-flight calls finish within grace; then the port is closed.
+# - stop: in-flight calls finish within grace; then the port is closed. Calls that outlast
+#   the grace end with unavailable (503; a stream's end-of-stream error after its
+#   messages), not a cut connection or a logged traceback.
 
 from __future__ import annotations
 
@@ -677,6 +679,17 @@ async def test_connect_server_stream_sends_each_message_then_end_of_stream(serve
     assert end_flags == 0x02 and json.loads(end) == {}
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/proto", None])
+async def test_server_stream_called_with_a_unary_content_type_says_what_to_send(server, types, content_type):
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = await server.request("POST", f"/{ECHO}/Watch", b"{}", headers)
+    assert response.status == 415
+    code, message = response.error()
+    assert code == "invalid_argument"
+    assert "streams its responses" in message and "application/connect+json" in message
+    await assert_still_serving(server, types)
+
+
 async def test_connect_server_stream_in_json(server):
     response = await server.post(
         f"/{ECHO}/Watch", envelope(b'{"text": "j", "repeatCount": 2}'), "application/connect+json"
@@ -958,7 +971,7 @@ async def test_stop_lets_in_flight_calls_finish_then_closes_the_port(start, echo
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
-async def test_stop_cuts_calls_that_outlast_the_grace(start, echo_set):
+async def test_calls_that_outlast_the_grace_end_with_unavailable(start, echo_set, types, caplog):
     runtime = FakeRuntime()
     entered = asyncio.Event()
 
@@ -967,12 +980,28 @@ async def test_stop_cuts_calls_that_outlast_the_grace(start, echo_set):
         await asyncio.sleep(30)
         return b""
 
-    runtime.deploy(echo_set, ECHO, {"Say": stuck})
+    async def endless(call):
+        for i in range(1000):
+            yield types("SayResponse")(count=i).SerializeToString()
+            entered.set()
+            await asyncio.sleep(0.05)
+
+    runtime.deploy(echo_set, ECHO, {"Say": stuck, "Watch": endless})
     server = await start(runtime)
-    in_flight = asyncio.ensure_future(server.post(SAY))
+    unary = asyncio.ensure_future(server.json(SAY, {}))
+    request = types("SayRequest")(repeat_count=1).SerializeToString()
+    stream = asyncio.ensure_future(server.post(f"/{ECHO}/Watch", envelope(request), "application/connect+proto"))
     await entered.wait()
+    await asyncio.sleep(0.2)
     started = asyncio.get_running_loop().time()
-    await server.transport.stop(0.2)
+    await server.transport.stop(0.3)
     assert asyncio.get_running_loop().time() - started < 5
-    with pytest.raises((http.client.HTTPException, OSError)):
-        await asyncio.wait_for(in_flight, 10)
+
+    response = await asyncio.wait_for(unary, 10)
+    assert response.status == 503
+    assert response.error() == ("unavailable", "the server is shutting down; retry elsewhere or later")
+    response = await asyncio.wait_for(stream, 10)
+    *messages, (end_flags, end) = frames(response.body)
+    assert len(messages) >= 2 and end_flags == 0x02
+    assert json.loads(end)["error"]["code"] == "unavailable"
+    assert "Exception in ASGI application" not in caplog.text

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from connectrpc.codec import Codec
+from connectrpc.method import StreamType
 from connectrpc.server import ConnectASGIApplication
 
 from okra_core.status import StatusCode
@@ -88,6 +89,18 @@ class ConnectApp:
         if type(target) is Refusal:
             await _refuse(content_type or b"", send, target)
             return
+        if target.method.stream_type is StreamType.SERVER_STREAM and (
+            content_type is None or content_type.split(b";")[0].strip() in _UNARY_TYPES
+        ):
+            await _error(
+                send,
+                415,
+                StatusCode.INVALID_ARGUMENT,
+                f"{target.method.service_name}/{target.method.name} streams its responses: "
+                "send an enveloped request as application/connect+json or "
+                "application/connect+proto (or use gRPC-Web)",
+            )
+            return
         if (
             content_type is not None
             and content_type.startswith(b"application/grpc")
@@ -110,6 +123,9 @@ class ConnectApp:
             await _respond(send, 403, [(b"content-type", b"text/plain")], b"origin not allowed\n")
             return
         await _respond(send, 204, self.cors.preflight_headers(origin), b"")
+
+
+_UNARY_TYPES = frozenset({b"application/json", b"application/proto", b""})
 
 
 async def _refuse(content_type: bytes, send: Send, refusal: Refusal) -> None:

@@ -10,6 +10,7 @@ cache.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
@@ -58,10 +59,37 @@ class Routes(Mapping[str, Endpoint]):
         self._allow = frozenset(allow_headers)
         self._max_response = max_response_size
         self._cache: dict[str, Endpoint] = {}
+        #: The tasks of calls in progress, so that a shutdown can end them with an error
+        #: the client understands rather than a cut connection.
+        self._calls: set[asyncio.Task] = set()
+        self._aborting = False
 
     def forget(self) -> None:
         """Drop every cached endpoint (the runtime deployed or undeployed something)."""
         self._cache.clear()
+
+    def abort_calls(self) -> int:
+        """End every call in progress with UNAVAILABLE (the server is shutting down and
+        its grace period is over); returns how many there were."""
+        self._aborting = True
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel(_SHUTDOWN)
+        return len(calls)
+
+    def _track(self) -> asyncio.Task | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+        return task
+
+    def _aborted(self, task: asyncio.Task | None) -> bool:
+        """Whether the CancelledError being handled is abort_calls' (then it is
+        consumed, so the handler can answer with an error)."""
+        if task is None or not self._aborting or not task.cancelling():
+            return False
+        task.uncancel()
+        return True
 
     def resolve(self, path: str) -> Endpoint | Refusal:
         endpoint = self._cache.get(path)
@@ -151,6 +179,7 @@ class Routes(Mapping[str, Endpoint]):
         limit = self._max_response
 
         async def call(request: bytes, ctx: RequestContext) -> Reply:
+            task = self._track()
             try:
                 response = await invoke(
                     service,
@@ -161,9 +190,15 @@ class Routes(Mapping[str, Endpoint]):
                 )
             except RpcError as error:
                 raise ConnectError(TO_CONNECT[error.code], error.message) from None
+            except asyncio.CancelledError:
+                if self._aborted(task):
+                    raise _shutting_down() from None
+                raise
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, name)
                 raise ConnectError(Code.INTERNAL, "internal error; see the server log") from None
+            finally:
+                self._calls.discard(task)
             if limit is not None and len(response) > limit:
                 raise _too_large(response, limit)
             return Reply(response, output_class)
@@ -179,6 +214,7 @@ class Routes(Mapping[str, Endpoint]):
 
         async def call(request: bytes, ctx: RequestContext) -> AsyncIterator[Reply]:
             stream = None
+            task = self._track()
             try:
                 stream = runtime.invoke_stream(
                     service,
@@ -195,10 +231,15 @@ class Routes(Mapping[str, Endpoint]):
                 raise ConnectError(TO_CONNECT[error.code], error.message) from None
             except ConnectError:
                 raise
+            except asyncio.CancelledError:
+                if self._aborted(task):
+                    raise _shutting_down() from None
+                raise
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, name)
                 raise ConnectError(Code.INTERNAL, "internal error; see the server log") from None
             finally:
+                self._calls.discard(task)
                 # The client may be gone: closing the runtime's stream cancels the call.
                 close = getattr(stream, "aclose", None)
                 if close is not None:
@@ -213,6 +254,13 @@ def forwarded_metadata(ctx: RequestContext, allow: Collection[str]) -> list[tupl
         (item for item in ctx.request_headers.allitems() if item[0] not in GRPC_WEB_HEADERS),
         allow,
     )
+
+
+_SHUTDOWN = "okra: the server is shutting down"
+
+
+def _shutting_down() -> ConnectError:
+    return ConnectError(Code.UNAVAILABLE, "the server is shutting down; retry elsewhere or later")
 
 
 def _too_large(response: bytes, limit: int) -> ConnectError:

@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
 from uvicorn.importer import ImportFromStringError
 
 from okra_core.errors import ConfigError
+
+
+#: How long requests ended by `abort` have to send their error before they are cancelled.
+ABORT_WAIT = 1.0
 
 
 class AsgiServer:
@@ -60,10 +64,14 @@ class AsgiServer:
         self._ticker = asyncio.get_running_loop().create_task(server.main_loop())
         return sock.getsockname()[1]
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, abort: Callable[[], int] | None = None) -> None:
         """As uvicorn's own shutdown, polled more finely: close the listener, close idle
         keep-alive connections at once and the others after their response, give
-        in-flight requests `grace` seconds, then cancel what still runs."""
+        in-flight requests `grace` seconds, then cancel what still runs.
+
+        `abort`, if given, is called when the grace period is over, to end the requests
+        still running with a proper error response; they get a moment to send it
+        before they are cancelled."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -81,6 +89,10 @@ class AsgiServer:
         deadline = loop.time() + max(grace, 0)
         while (state.connections or state.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if abort is not None and state.tasks and abort():
+            deadline = loop.time() + ABORT_WAIT
+            while state.tasks and loop.time() < deadline:
+                await asyncio.sleep(0.01)
         for task in list(state.tasks):
             task.cancel()
         for connection in list(state.connections):

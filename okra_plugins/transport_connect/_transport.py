@@ -108,7 +108,7 @@ class ConnectTransport:
         unsubscribe = getattr(self._runtime, "unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe(self._on_event)
-        await self._server.stop(grace)
+        await self._server.stop(grace, abort=self._routes.abort_calls if self._routes else None)
 
     def _on_event(self, event: str, service: str) -> None:
         if not self._stopped:
