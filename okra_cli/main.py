@@ -22,7 +22,8 @@ from rich.table import Table
 from okra_core.errors import OkraError
 from okra_core.status import RpcError
 
-err = Console(stderr=True)
+# No emoji codes: an error quoting ":name:" (a host:port, a JSON key) must print as is.
+err = Console(stderr=True, emoji=False)
 
 click.rich_click.USE_MARKDOWN = True
 
@@ -39,7 +40,12 @@ def errors_as_one_line(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (OkraError, RpcError) as exc:
+        except RpcError as exc:
+            if os.environ.get("OKRA_DEBUG"):
+                raise
+            # A status message is one line, whatever the library that made it wrote.
+            fail(_escape(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())))
+        except OkraError as exc:
             if os.environ.get("OKRA_DEBUG"):
                 raise
             fail(_escape(str(exc)))
@@ -164,7 +170,7 @@ def server_options(command):
 
 def _serve(
     packages, *, host, grpc_port, http_port, max_message_size, allow_headers, cors_origins,
-    allowed, engine, cache_dir, log_level, grace,
+    allowed, engine, cache_dir, log_level, grace, background=(),
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.serve import Listener, Server, serve_until_signalled
@@ -200,7 +206,7 @@ def _serve(
             click.echo(f"  serving {service}")
         sys.stdout.flush()
 
-    asyncio.run(serve_until_signalled(server, ready))
+    asyncio.run(serve_until_signalled(server, ready, background=background))
 
 
 @cli.command()
@@ -218,16 +224,23 @@ def serve(packages, **options):
 @cli.command()
 @click.argument("path", default=".", type=click.Path(exists=True, path_type=pathlib.Path))
 @server_options
+@click.option("--reload/--no-reload", default=True, show_default=True,
+              help="Rebuild and redeploy when the project's sources change.")
 @errors_as_one_line
-def dev(path: pathlib.Path, **options):
-    """Build the project at PATH and serve it locally."""
+def dev(path: pathlib.Path, reload: bool, **options):
+    """Build the project at PATH and serve it locally; rebuild and redeploy it whenever
+    its sources change (a failed build is logged and the previous version keeps serving)."""
     from okra_core.build import build_project
+    from okra_core.dev import reload_on_change
     from okra_core.package import load_package
 
     with err.status("building..."):
         result = build_project(path)
     err.print(f"built {result.path} in {result.seconds:.1f}s", highlight=False)
-    _serve([load_package(result.path)], **options)
+    background = []
+    if reload:
+        background.append(lambda server: reload_on_change(server.runtime, path, registry=server.registry))
+    _serve([load_package(result.path)], background=background, **options)
 
 
 # -- call -----------------------------------------------------------------------------

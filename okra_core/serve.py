@@ -95,9 +95,15 @@ class Server:
 
 
 async def serve_until_signalled(
-    server: Server, on_ready: Callable[[Server], Awaitable[None] | None] | None = None
+    server: Server,
+    on_ready: Callable[[Server], Awaitable[None] | None] | None = None,
+    *,
+    background: Sequence[Callable[[Server], Awaitable[None]]] = (),
 ) -> None:
-    """Start `server`, call `on_ready`, serve until SIGINT or SIGTERM, stop gracefully."""
+    """Start `server`, call `on_ready`, serve until SIGINT or SIGTERM, stop gracefully.
+
+    Each of `background` (such as `okra_core.dev.reload_on_change`) runs as a task while
+    the server serves, and is cancelled before the server stops."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,5 +114,11 @@ async def serve_until_signalled(
             result = on_ready(server)
             if asyncio.iscoroutine(result):
                 await result
-        await stop.wait()
+        tasks = [loop.create_task(job(server)) for job in background]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         log.info("shutting down: draining in-flight calls (up to %.0fs)", server.grace)

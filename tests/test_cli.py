@@ -11,7 +11,8 @@
 #   conflicting registration, or a plugin that fails to import, is one clear error line.
 # - errors are one line on stderr, exit status 1, no traceback: serving a file that is not
 #   a package, a package whose module imports something ungranted, `okra build` outside a
-#   project, `okra init` into a non-empty directory, a malformed -H header.
+#   project, `okra init` into a non-empty directory, a malformed -H header; an error
+#   message that spans lines or holds ":name:" prints as is, on one line.
 import json
 import os
 import subprocess
@@ -191,6 +192,16 @@ def test_bad_transport_option_is_one_line(tmp_path):
     result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--max-message-size", "lots",
                   env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(result, "lots")
+
+
+def test_call_error_is_printed_as_is_on_one_line(tmp_path):
+    """protobuf's JSON error spans two lines, and ":smile:" is an emoji code to rich."""
+    descriptors = compile_protos(tmp_path, ["greeter/v1/greeter.proto"])
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
+    package = write_package(tmp_path / "echo.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors)
+    result = okra("call", "--package", str(package), "greeter.v1.Greeter/SayHello", '{":smile:": 1}')
+    assert_one_line_error(result, 'has no field named ":smile:"')
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.slow

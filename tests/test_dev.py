@@ -7,6 +7,9 @@
 # - an edit to main.go is rebuilt and redeployed: the next call gets the new behaviour;
 # - an edit that does not compile is logged and the previous version keeps serving;
 # - a build alone (nothing edited) triggers nothing.
+# `okra dev` as a user runs it (slow): a project from `okra init`, served; an edit to
+#   main.go is served after the reload; a broken edit is logged and the last good
+#   version keeps answering; SIGTERM stops it with status 0.
 import asyncio
 import logging
 import shutil
@@ -102,3 +105,56 @@ async def test_edits_are_rebuilt_and_redeployed_and_broken_ones_are_not(tmp_path
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
+
+
+@pytest.mark.slow
+def test_okra_dev_reloads_an_edited_project_as_a_user_runs_it(tmp_path):
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    okra = str(Path(sys.executable).parent / "okra")
+    env = {**os.environ, "OKRA_CACHE_DIR": str(tmp_path / "cache")}
+    created = subprocess.run([okra, "init", "hello", "--lang", "go"], cwd=tmp_path, capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    project = tmp_path / "hello"
+    log = (tmp_path / "dev.log").open("w+")
+    server = subprocess.Popen(
+        [okra, "dev", "--grpc-port", "0", "--http-port", "0", "--grace", "2"],
+        cwd=project, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+    )
+    try:
+        line = server.stdout.readline()
+        match = re.match(r"gRPC listening on (\S+:\d+)", line)
+        assert match, f"unexpected first line {line!r}"
+
+        def hello() -> str:
+            result = subprocess.run(
+                [okra, "call", "--address", match[1], "hello.v1.Hello/SayHello", '{"name": "Ada"}'],
+                capture_output=True, text=True, timeout=30,
+            )
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)["message"]
+
+        def eventually(predicate, timeout=90.0) -> bool:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if predicate():
+                    return True
+                time.sleep(0.3)
+            return False
+
+        assert hello() == "Hello, Ada!"
+        main = project / "main.go"
+        main.write_text(main.read_text().replace('"Hello, "', '"Hi, "'))
+        assert eventually(lambda: hello() == "Hi, Ada!"), Path(log.name).read_text()
+
+        main.write_text(main.read_text() + "\nthis is not Go\n")
+        assert eventually(lambda: "still serving the previous version" in Path(log.name).read_text())
+        assert hello() == "Hi, Ada!"
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
+        log.close()
