@@ -20,7 +20,9 @@
 # - metadata: protocol, binary and secret-looking headers never reach the guest; an
 #   allowed header does.
 # - limits: a request over max_message_size -> RESOURCE_EXHAUSTED and the runtime is never
-#   called; a response over it fails too.
+#   called; a response (or a streamed message) over it is RESOURCE_EXHAUSTED naming the
+#   sizes, with nothing logged as a crash; reflection answers larger than the limit still
+#   reach the client (the limit is for service calls).
 # - health: "" and each deployed service SERVING; undeploy -> NOT_SERVING (also seen by a
 #   Watch stream); redeploy -> SERVING; unknown -> NOT_FOUND; stop -> NOT_SERVING.
 # - reflection (v1 and v1alpha): lists deployed services plus health and reflection,
@@ -488,12 +490,53 @@ async def test_request_over_max_message_size_is_resource_exhausted(echo_set):
         await s.transport.stop(0)
 
 
-async def test_response_over_max_message_size_fails(echo_set):
+async def test_response_over_max_message_size_is_resource_exhausted_naming_the_sizes(echo_set, caplog):
     s = await serve(echo_set, max_message_size=1024)
     s.deploy_echo()
     try:
-        code, _ = await code_and_details(s.say(text="big", repeat_count=4000))
+        code, details = await code_and_details(s.say(text="big", repeat_count=4000))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "4003-byte response" in details and "1024" in details, details
+        assert (await s.say(text="ok")).text == "ok"  # still serving
+        assert "Traceback" not in caplog.text
+    finally:
+        await s.channel.close()
+        await s.transport.stop(0)
+
+
+async def test_streamed_message_over_max_message_size_ends_the_stream_after_the_others(echo_set):
+    s = await serve(echo_set, max_message_size=1024)
+    runtime_stream_messages = [b"\x0a\x02ok", b"\x0a\x82\x10" + b"x" * 2050]
+
+    async def watch(call):
+        for message in runtime_stream_messages:
+            yield message
+
+    s.runtime.deploy(s.echo_set, ECHO, {"Watch": watch})
+    try:
+        call = s.channel.unary_stream(f"/{ECHO}/Watch")(b"", timeout=5)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for raw in call:
+                received.append(raw)
+        assert received == [runtime_stream_messages[0]]
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "1024" in info.value.details()
+    finally:
+        await s.channel.close()
+        await s.transport.stop(0)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_answers_beyond_a_small_max_message_size(echo_set, version):
+    """The limit is for service calls: reflection must still describe a schema larger
+    than it, or clients that learn the schema from the server cannot call anything."""
+    s = await serve(echo_set, max_message_size=256)
+    s.deploy_echo()
+    try:
+        response = await reflect(s.channel, version, file_containing_symbol=ECHO)
+        assert response.file_descriptor_response.ByteSize() > 256
+        assert "okratest/v1/echo.proto" in files_of(response)
     finally:
         await s.channel.close()
         await s.transport.stop(0)

@@ -30,9 +30,16 @@ class DynamicRouter(grpc.GenericRpcHandler):
     a client cannot grow the cache.
     """
 
-    def __init__(self, runtime: Any, *, allow_headers: Collection[str] = ()):
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        allow_headers: Collection[str] = (),
+        max_response_size: int | None = None,
+    ):
         self._runtime = runtime
         self._allow = frozenset(allow_headers)
+        self._max_response = max_response_size
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     def forget(self) -> None:
@@ -80,10 +87,11 @@ class DynamicRouter(grpc.GenericRpcHandler):
     def _unary(self, service: str, method: str):
         invoke = self._runtime.invoke
         allow = self._allow
+        limit = self._max_response
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                return await invoke(
+                response = await invoke(
                     service,
                     method,
                     request,
@@ -95,12 +103,16 @@ class DynamicRouter(grpc.GenericRpcHandler):
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            if limit is not None and len(response) > limit:
+                await context.abort(*_too_large(service, method, len(response), limit))
+            return response
 
         return call
 
     def _streaming(self, service: str, method: str):
         runtime = self._runtime
         allow = self._allow
+        limit = self._max_response
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             stream = None
@@ -113,6 +125,8 @@ class DynamicRouter(grpc.GenericRpcHandler):
                     timeout=context.time_remaining(),
                 )
                 async for response in stream:
+                    if limit is not None and len(response) > limit:
+                        raise RpcError(*_too_large_status(service, method, len(response), limit))
                     yield response
             except RpcError as error:
                 await context.abort(TO_GRPC[error.code], error.message)
@@ -127,6 +141,19 @@ class DynamicRouter(grpc.GenericRpcHandler):
                     await close()
 
         return call
+
+
+def _too_large_status(service: str, method: str, size: int, limit: int) -> tuple[StatusCode, str]:
+    return (
+        StatusCode.RESOURCE_EXHAUSTED,
+        f"{service}/{method} produced a {size}-byte response, over this server's "
+        f"max_message_size of {limit} bytes",
+    )
+
+
+def _too_large(service: str, method: str, size: int, limit: int) -> tuple[grpc.StatusCode, str]:
+    code, message = _too_large_status(service, method, size, limit)
+    return TO_GRPC[code], message
 
 
 def _refuse(code: StatusCode, message: str) -> grpc.RpcMethodHandler:

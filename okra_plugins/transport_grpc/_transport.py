@@ -66,11 +66,16 @@ class GrpcTransport:
         if self._server is not None:
             raise RuntimeError("this gRPC transport is already started; create another one")
         self._runtime = runtime
-        self._router = DynamicRouter(runtime, allow_headers=self.allow_headers)
+        self._router = DynamicRouter(
+            runtime, allow_headers=self.allow_headers, max_response_size=self.max_message_size
+        )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.max_message_size),
-                ("grpc.max_send_message_length", self.max_message_size),
+                # Responses are limited per service call by the router, which can say
+                # why; a channel-wide limit would also cut reflection's answers (a schema
+                # larger than the limit) and log each refusal as a crash.
+                ("grpc.max_send_message_length", -1),
                 # Without this a second server on the same port silently shares it.
                 ("grpc.so_reuseport", 0),
                 *self.server_options,
