@@ -15,11 +15,13 @@
 #   (JSON and proto field names, int64 as strings, bytes as base64, enums by name, maps,
 #   oneofs, Timestamp, Duration, Struct, Any, wrappers); the response is proto3 JSON
 #   (lowerCamelCase, defaults omitted); unknown fields ignored, or rejected when
-#   configured; malformed JSON, wrong types and non-UTF-8 -> invalid_argument.
+#   configured; malformed JSON, JSON that is not an object, wrong types and non-UTF-8
+#   -> invalid_argument.
 # - errors: every RpcError code -> the Connect code and the HTTP status of the spec's
 #   table, with the message; an unexpected exception -> internal, details withheld.
 # - GET: a NO_SIDE_EFFECTS method answers GET (JSON, and base64 binary); other methods
-#   refuse GET with 405.
+#   refuse GET with 405; a base64 message that is not base64 -> invalid_argument, never
+#   decoded into an empty request.
 # - deadlines: connect-timeout-ms reaches the runtime as the call's timeout; a call that
 #   outlives it -> deadline_exceeded (504); a malformed timeout -> invalid_argument.
 # - compression: gzip request bodies are inflated; gzip responses when accepted; an
@@ -435,8 +437,11 @@ async def test_unknown_json_fields_are_rejected_when_configured(start, runtime):
         ('{"text": "unterminated', "Failed to load JSON"),
         ('{"repeatCount": "many"}', "repeatCount"),
         ('{"mood": [1]}', "mood"),
-        ("[1, 2]", "SayRequest"),
-        ("", "Failed to load JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('"text"', "expected a JSON object"),
+        ("42", "expected a JSON object"),
+        ("null", "expected a JSON object"),
+        ("", "expected a JSON object"),
     ],
 )
 async def test_malformed_json_is_invalid_argument(server, types, body, why):
@@ -526,6 +531,17 @@ async def test_no_side_effects_method_answers_get_with_base64_binary(server, typ
     assert response.status == 200, response.body
     reply = types("SayResponse").FromString(response.body)
     assert (reply.text, reply.count) == ("b64", 2)
+
+
+@pytest.mark.parametrize("message", ["!!!", "a", "YW*x", "YWJj===="])
+async def test_get_with_a_message_that_is_not_base64_is_invalid_argument(server, types, message):
+    query = urllib.parse.urlencode({"encoding": "proto", "base64": "1", "message": message})
+    response = await server.request("GET", f"/{ECHO}/Get?{query}")
+    assert response.status == 400, response.body
+    code, text = response.error()
+    assert code == "invalid_argument" and "not valid base64" in text
+    assert server.runtime.calls == []
+    await assert_still_serving(server, types)
 
 
 async def test_get_is_refused_for_methods_with_side_effects(server, types):
@@ -683,7 +699,7 @@ async def test_connect_server_stream_sends_each_message_then_end_of_stream(serve
 async def test_server_stream_called_with_a_unary_content_type_says_what_to_send(server, types, content_type):
     headers = {} if content_type is None else {"Content-Type": content_type}
     response = await server.request("POST", f"/{ECHO}/Watch", b"{}", headers)
-    assert response.status == 415
+    assert response.status == 400  # the status that goes with invalid_argument
     code, message = response.error()
     assert code == "invalid_argument"
     assert "streams its responses" in message and "application/connect+json" in message

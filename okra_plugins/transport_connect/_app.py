@@ -10,6 +10,7 @@ in the form its client reads (a Connect error body, or gRPC-Web status headers).
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -94,7 +95,7 @@ class ConnectApp:
         ):
             await _error(
                 send,
-                415,
+                400,
                 StatusCode.INVALID_ARGUMENT,
                 f"{target.method.service_name}/{target.method.name} streams its responses: "
                 "send an enveloped request as application/connect+json or "
@@ -115,6 +116,11 @@ class ConnectApp:
                 "or gRPC-Web protocol here",
             )
             return
+        if scope["method"] == "GET":
+            problem = _bad_get_message(scope.get("query_string", b""))
+            if problem is not None:
+                await _error(send, 400, StatusCode.INVALID_ARGUMENT, problem)
+                return
         await self._connect(scope, receive, send)
 
     async def _preflight(self, origin: bytes, send: Send) -> None:
@@ -123,6 +129,24 @@ class ConnectApp:
             await _respond(send, 403, [(b"content-type", b"text/plain")], b"origin not allowed\n")
             return
         await _respond(send, 204, self.cors.preflight_headers(origin), b"")
+
+
+#: What a Connect GET's base64 `message` may hold: the URL-safe alphabet (the standard
+#: one is accepted too, as connect-go does), with or without padding.
+_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]*={0,2}")
+
+
+def _bad_get_message(query: bytes) -> str | None:
+    """Why a Connect GET's base64 message is not base64, or None. (The protocol library
+    decodes leniently: invalid characters would be dropped and the rest, often nothing,
+    sent on as the request.)"""
+    params = urllib.parse.parse_qs(query.decode("latin-1"), keep_blank_values=True)
+    if params.get("base64", ["0"])[0] != "1":
+        return None
+    message = params.get("message", [""])[0]
+    if _BASE64.fullmatch(message) is None or len(message.rstrip("=")) % 4 == 1:
+        return "the GET message is not valid base64 (base64=1 asks for URL-safe base64, padding optional)"
+    return None
 
 
 _UNARY_TYPES = frozenset({b"application/json", b"application/proto", b""})

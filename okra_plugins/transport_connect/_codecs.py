@@ -58,8 +58,15 @@ class JsonCodec:
     def decode(self, data: bytes | bytearray, message_class: type[Message]) -> bytes:
         message = message_class()
         try:
+            text = bytes(data).decode("utf-8")
+            if not text.lstrip().startswith("{") and not _takes_bare_json(message):
+                raise ConnectError(
+                    Code.INVALID_ARGUMENT,
+                    f"request JSON does not fit {message.DESCRIPTOR.full_name}: "
+                    "expected a JSON object ({...})",
+                )
             json_format.Parse(
-                bytes(data).decode("utf-8"),
+                text,
                 message,
                 ignore_unknown_fields=self.discard_unknown,
                 descriptor_pool=message.DESCRIPTOR.file.pool,
@@ -84,6 +91,12 @@ class JsonCodec:
             message, indent=None, descriptor_pool=message.DESCRIPTOR.file.pool, ensure_ascii=False
         )
         return text.encode("utf-8")
+
+
+def _takes_bare_json(message: Message) -> bool:
+    """Well-known types (Value, ListValue, wrappers, Timestamp, Duration, FieldMask, ...)
+    map to JSON that is not an object; every other message is an object."""
+    return message.DESCRIPTOR.full_name.startswith("google.protobuf.")
 
 
 def _first_line(exc: Exception) -> str:
