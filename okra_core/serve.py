@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from okra_core.config import RuntimeConfig
-from okra_core.errors import OkraError
+from okra_core.errors import ConfigError, DeployError, OkraError
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.runtime import Runtime
@@ -47,6 +47,8 @@ class Server:
         registry: Registry | None = None,
         grace: float = 10.0,
     ):
+        if not grace >= 0:
+            raise ConfigError(f"grace must be 0 seconds or more, not {grace}")
         self.registry = registry or get_registry()
         self.runtime = Runtime(config, self.registry)
         self.packages = list(packages)
@@ -62,14 +64,14 @@ class Server:
             self.registry.transport(listener.transport, **listener.options)
             for listener in self.listeners
         ]
+        _check_distinct_names(self.packages)
         await self.runtime.start()
         try:
             for package in self.packages:
                 try:
                     await self.runtime.deploy(package)
                 except OkraError as exc:
-                    where = package.path or f"package {package.manifest.name!r}"
-                    raise type(exc)(f"{where}: {exc}") from exc
+                    raise type(exc)(f"{_where(package)}: {exc}") from exc
             for listener, transport in zip(self.listeners, transports):
                 host, port = await transport.start(self.runtime, listener.host, listener.port)
                 self.transports.append(transport)
@@ -92,6 +94,25 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _check_distinct_names(packages: Sequence[Package]) -> None:
+    """Deploying a package replaces the deployed one of the same name, which is what a
+    redeploy wants and never what a list of packages to serve means."""
+    seen: dict[str, Package] = {}
+    for package in packages:
+        name = package.manifest.name
+        earlier = seen.setdefault(name, package)
+        if earlier is not package:
+            raise DeployError(
+                f"{_where(earlier)} and {_where(package)} are both the package {name!r} "
+                f"(versions {earlier.manifest.version} and {package.manifest.version}): "
+                "serve one of them"
+            )
+
+
+def _where(package: Package) -> str:
+    return str(package.path) if package.path else f"package {package.manifest.name!r}"
 
 
 async def serve_until_signalled(

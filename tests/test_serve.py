@@ -4,12 +4,15 @@
 # - a package that fails to deploy stops the start with an error that names that
 #   package's file; no transport is left listening and nothing stays deployed.
 # - bad transport options fail before anything is deployed.
+# - two packages of one name (two versions of a service) are refused before anything is
+#   deployed, naming both files: one would silently replace the other.
+# - a negative grace period is refused.
 import grpc
 import pytest
 import wasmtime
 
 from okra_core.config import RuntimeConfig
-from okra_core.errors import CapabilityError, ConfigError
+from okra_core.errors import CapabilityError, ConfigError, DeployError
 from okra_core.package import load_package, write_package
 from okra_core.serve import Listener, Server
 from support import FIXTURES_DIR, compile_protos, make_manifest
@@ -75,3 +78,21 @@ async def test_bad_transport_options_fail_before_any_deploy(tmp_path, packages):
     with pytest.raises(ConfigError):
         await server.start()
     assert server.runtime.services() == []
+
+
+async def test_two_packages_of_one_name_are_refused_naming_both_files(tmp_path, packages):
+    first = packages("echo", "greeter", host_apis={})
+    second = load_package(first.path.rename(tmp_path / "greeter-0.2.0.okra.pkg"))
+    first = packages("echo", "greeter", host_apis={})
+    server = Server([first, second], [Listener("grpc", "127.0.0.1", 0)], config=config(tmp_path))
+    with pytest.raises(DeployError) as info:
+        await server.start()
+    message = str(info.value)
+    assert str(first.path) in message and str(second.path) in message
+    assert "'greeter'" in message and "one of them" in message
+    assert server.addresses == [] and server.runtime.services() == []
+
+
+def test_negative_grace_is_refused(packages):
+    with pytest.raises(ConfigError, match="grace"):
+        Server([packages("echo", "good", host_apis={})], [], grace=-5)
