@@ -24,7 +24,7 @@
 #   sizes, with nothing logged as a crash; reflection answers larger than the limit still
 #   reach the client (the limit is for service calls).
 # - health: "" and each deployed service SERVING; undeploy -> NOT_SERVING (also seen by a
-#   Watch stream); redeploy -> SERVING; unknown -> NOT_FOUND; stop -> NOT_SERVING.
+#   Watch stream); redeploy -> SERVING; unknown -> NOT_FOUND naming it; stop -> NOT_SERVING.
 # - reflection (v1 and v1alpha): lists deployed services plus health and reflection,
 #   following deploys; resolves services, messages, methods and files with their
 #   transitive dependencies; two packages with different files of the same name each get
@@ -555,8 +555,9 @@ async def test_health_follows_deploys_and_undeploys(echo_set):
     s = await serve(echo_set)
     try:
         assert await health_status(s.channel, "") == SERVING
-        code, _ = await code_and_details(health_status(s.channel, ECHO))
+        code, details = await code_and_details(health_status(s.channel, ECHO))
         assert code == grpc.StatusCode.NOT_FOUND
+        assert details == f"no service {ECHO!r} is known to this server's health service"
 
         s.deploy_echo()
         await s.transport._health.settle()

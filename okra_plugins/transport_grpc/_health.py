@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -18,11 +20,23 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _Servicer(HealthServicer):
+    """The standard servicer, whose NOT_FOUND says what was not found."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context):
+        if request.service not in self._server_status:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no service {request.service!r} is known to this server's health service",
+            )
+        return await super().Check(request, context)
+
+
 class Health:
     """Created on the running loop, like the server it belongs to."""
 
     def __init__(self) -> None:
-        self.servicer = HealthServicer()
+        self.servicer = _Servicer()
         self._pending: set[asyncio.Task] = set()
         self._loop = asyncio.get_running_loop()
 
