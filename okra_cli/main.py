@@ -7,9 +7,11 @@ traceback) and exit with status 1. Set OKRA_DEBUG=1 to see tracebacks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -65,6 +67,23 @@ def setup_logging(level: str) -> None:
     # grpc and asyncio chatter is for debugging only.
     if level.upper() != "DEBUG":
         logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in a range, finite and at most `MAXIMUM` (FloatRange lets nan
+    and inf through, and gRPC turns a deadline beyond 2262 into an instant
+    DEADLINE_EXCEEDED)."""
+
+    name = "number"
+    MAXIMUM = 1e9  # about 31 years
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number of seconds.", param, ctx)
+        if number > self.MAXIMUM:
+            self.fail(f"{value} is more than 1e9 seconds (about 31 years).", param, ctx)
+        return number
 
 
 @click.group()
@@ -246,28 +265,69 @@ def dev(path: pathlib.Path, reload: bool, **options):
 # -- call -----------------------------------------------------------------------------
 
 
+def _address(ctx, param, address: str) -> str:
+    from okra_plugins.transport_grpc.client import parse_address
+
+    try:
+        return parse_address(address)
+    except RpcError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _metadata(ctx, param, headers) -> list[tuple[str, str | bytes]]:
+    """-H 'key: value' as gRPC metadata, refused here if gRPC would refuse it. A key
+    ending in -bin is binary metadata: its value is given in base64."""
+    from okra_plugins.transport_grpc.client import metadata_problem
+
+    metadata = []
+    for header in headers:
+        key, sep, text = header.partition(":")
+        if not sep:
+            raise click.BadParameter(f"header {header!r} must look like 'key: value'")
+        key, text = key.strip(), text.strip()
+        if not key:
+            raise click.BadParameter(f"header {header!r} has no name before the ':'")
+        key = key.lower() if key.isascii() else key
+        value: str | bytes = text
+        if key.endswith("-bin"):
+            try:
+                value = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+            except ValueError:  # binascii.Error
+                raise click.BadParameter(
+                    f"header {key!r}: a -bin header is binary; give its value in base64"
+                ) from None
+        problem = metadata_problem(key, value)
+        if problem:
+            raise click.BadParameter(f"header {key!r}: {problem}")
+        metadata.append((key, value))
+    return metadata
+
+
 @cli.command()
 @click.argument("target", metavar="SERVICE/METHOD")
-@click.argument("body", default="{}", metavar="JSON")
-@click.option("--address", default="127.0.0.1:50051", show_default=True, help="HOST:PORT of a gRPC server.")
+@click.argument("body", default="{}", metavar="[JSON]")
+@click.option(
+    "--address", default="127.0.0.1:50051", show_default=True, callback=_address,
+    help="HOST:PORT of a gRPC server ([::1]:PORT for IPv6).",
+)
 @click.option("--package", type=click.Path(exists=True, dir_okay=False), help="Learn the schema from this .okra.pkg instead of server reflection.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline in seconds.")
-@click.option("-H", "--header", "headers", multiple=True, metavar="KEY: VALUE", help="Request metadata (repeat).")
+@click.option(
+    "--timeout", type=Seconds(min=0, min_open=True), default=30.0, show_default=True, metavar="SECONDS",
+    help="Deadline in seconds.",
+)
+@click.option(
+    "-H", "--header", "headers", multiple=True, metavar="KEY: VALUE", callback=_metadata,
+    help="Request metadata (repeat). A KEY ending in -bin takes a base64 VALUE.",
+)
 @errors_as_one_line
 def call(target: str, body: str, address: str, package: str | None, timeout: float, headers):
-    """Call SERVICE/METHOD with a JSON request (use - to read it from stdin) and print
-    the JSON response (each response of a server stream, as it arrives)."""
+    """Call SERVICE/METHOD with a JSON request (default {}; use - to read it from stdin)
+    and print the JSON response (each response of a server stream, as it arrives)."""
     from okra_plugins.transport_grpc.client import call_json_stream
 
     if body == "-":
         body = sys.stdin.read()
-    metadata = []
-    for header in headers:
-        key, sep, value = header.partition(":")
-        if not sep:
-            raise OkraError(f"header {header!r} must look like 'key: value'")
-        metadata.append((key.strip().lower(), value.strip()))
-    for response in call_json_stream(address, target, body, package=package, timeout=timeout, metadata=metadata):
+    for response in call_json_stream(address, target, body, package=package, timeout=timeout, metadata=headers):
         click.echo(response)
 
 

@@ -11,19 +11,33 @@
 #   conflicting registration, or a plugin that fails to import, is one clear error line.
 # - errors are one line on stderr, exit status 1, no traceback: serving a file that is not
 #   a package, a package whose module imports something ungranted, `okra build` outside a
-#   project, `okra init` into a non-empty directory, a malformed -H header; an error
-#   message that spans lines or holds ":name:" prints as is, on one line.
+#   project, `okra init` into a non-empty directory; an error message that spans lines or
+#   holds ":name:" prints as is, on one line.
+# - usage mistakes exit with status 2 and one line naming the option, nothing sent and
+#   nothing from gRPC's logs: a malformed -H header, a header name or value gRPC would
+#   refuse (empty, spaces, non-ASCII, reserved grpc-, control characters, a -bin value
+#   that is not base64); an --address that is not HOST:PORT (no port, port out of range,
+#   no host, IPv6 without brackets, empty); a --timeout that is not a finite number > 0.
+# - `okra call`: a -bin header's base64 value reaches the server as bytes; an IPv6
+#   address in brackets reaches the server; request JSON that is not an object is
+#   INVALID_ARGUMENT before anything is sent; a duplicate JSON key and a package that is
+#   not a zip are each said once; the usage line shows the JSON as optional.
+import concurrent.futures
+import contextlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 import wasmtime
 
-from okra_core.package import write_package
+from okra_core.package import load_package, write_package
 from support import FIXTURES_DIR, compile_protos, make_manifest
 
 OKRA = str(Path(sys.executable).with_name("okra"))
@@ -36,9 +50,14 @@ def okra(*args, env=None, timeout=60, **kwargs):
     )
 
 
+#: A log line of gRPC's C core, e.g. "E1204 07:18:56.123456   123 add_port.cc:83] ...".
+GRPC_LOG = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.MULTILINE)
+
+
 def assert_one_line_error(result, fragment):
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
+    assert not GRPC_LOG.search(result.stderr), result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0].startswith("error: "), result.stderr
     assert fragment in " ".join(line.strip() for line in lines), result.stderr
@@ -174,9 +193,183 @@ def test_init_refuses_an_unknown_language(tmp_path):
     assert_one_line_error(result, "no language named 'cobol' is installed (installed: go)")
 
 
-def test_malformed_header_is_one_line():
-    result = okra("call", "a.B/C", "{}", "-H", "no-colon-here")
-    assert_one_line_error(result, "must look like 'key: value'")
+def usage_error(*args, **kwargs):
+    """Run okra on a terminal wide enough that rich-click's error box holds the message
+    on one line."""
+    return okra(*args, env={"COLUMNS": "400"}, **kwargs)
+
+
+def assert_usage_error(result, option, fragment):
+    """Exit status 2 and one line saying which option is wrong and why."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert not GRPC_LOG.search(result.stderr), result.stderr
+    lines = [line.strip(" │") for line in result.stderr.splitlines() if "Invalid value" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Invalid value for {option}"), lines[0]
+    assert fragment in lines[0], lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+
+
+@pytest.fixture(scope="module")
+def echo_package(tmp_path_factory):
+    """greeter.v1.Greeter answered by echo.wat (the reply is the request)."""
+    tmp = tmp_path_factory.mktemp("echo")
+    descriptors = compile_protos(tmp, ["greeter/v1/greeter.proto"])
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
+    return write_package(tmp / "echo.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors)
+
+
+@contextlib.contextmanager
+def greeter_server(package, host="127.0.0.1"):
+    """A plain grpcio server for greeter.v1.Greeter/SayHello that records the metadata
+    of each call and greets by name; yields (address, calls)."""
+    say = load_package(package).schema("greeter.v1.Greeter").methods["SayHello"]
+    calls = []
+
+    def say_hello(request, context):
+        calls.append(dict(context.invocation_metadata()))
+        return say.output_class(message=f"hello {request.name}")
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        say_hello, request_deserializer=say.input_class.FromString,
+        response_serializer=say.output_class.SerializeToString,
+    )
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("greeter.v1.Greeter", {"SayHello": handler}),))
+    port = server.add_insecure_port(f"[{host}]:0" if ":" in host else f"{host}:0")
+    server.start()
+    try:
+        yield (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), calls
+    finally:
+        server.stop(0)
+
+
+def test_malformed_header_is_a_usage_error():
+    result = usage_error("call", "a.B/C", "{}", "-H", "no-colon-here")
+    assert_usage_error(result, "'-H' / '--header'", "header 'no-colon-here' must look like 'key: value'")
+
+
+@pytest.mark.parametrize(
+    "header, fragment",
+    [
+        (": x", "header ': x' has no name before the ':'"),
+        ("bad key: v", "header 'bad key': a name may hold only lower-case ASCII letters, digits and - _ ."),
+        ("x-é: v", "header 'x-é': a name may hold only lower-case ASCII letters, digits and - _ ."),
+        ("x-a: a\x01b", "header 'x-a': the value may hold only printable ASCII, not '\\x01' (at 1)"),
+        ("grpc-timeout: 1S", "header 'grpc-timeout': names starting with grpc- are reserved by gRPC"),
+        ("x-trace-bin: not base64!", "header 'x-trace-bin': a -bin header is binary; give its value in base64"),
+    ],
+)
+def test_header_grpc_would_refuse_is_a_usage_error_before_sending(header, fragment):
+    result = usage_error("call", "a.B/C", "{}", "-H", header, "--address", f"127.0.0.1:{closed_port()}")
+    assert_usage_error(result, "'-H' / '--header'", fragment)
+
+
+def test_binary_header_value_reaches_the_server_decoded_from_base64(echo_package):
+    with greeter_server(echo_package) as (address, calls):
+        for given in ("aGVsbG8=", "aGVsbG8"):  # padding is optional, as in gRPC
+            result = okra("call", "greeter.v1.Greeter/SayHello", '{"name": "Ada"}', "--address", address,
+                          "--package", str(echo_package), "-H", f"X-Trace-Bin: {given}", "-H", "x-tenant: acme")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout) == {"message": "hello Ada"}
+    assert [(c["x-trace-bin"], c["x-tenant"]) for c in calls] == [(b"hello", "acme")] * 2
+
+
+@pytest.mark.parametrize(
+    "address, fragment",
+    [
+        ("127.0.0.1:115587", "the port must be a number from 1 to 65535, not '115587'"),
+        ("127.0.0.1:99999", "the port must be a number from 1 to 65535, not '99999'"),
+        ("127.0.0.1:0", "the port must be a number from 1 to 65535, not '0'"),
+        ("127.0.0.1", "no port (use HOST:PORT, e.g. 127.0.0.1:50051)"),
+        (":50051", "no host (use HOST:PORT, e.g. 127.0.0.1:50051)"),
+        ("", "empty (use HOST:PORT, e.g. 127.0.0.1:50051)"),
+        ("::1:50051", "put an IPv6 address in brackets (e.g. [::1]:50051)"),
+        ("[::1]", "no port"),
+        ("[nope]:50051", "'nope' is not an IPv6 address"),
+        ("a host:50051", "'a host' is not a host name or IP address"),
+    ],
+)
+def test_address_that_is_not_host_port_is_a_usage_error(address, fragment):
+    result = usage_error("call", "a.B/C", "--address", address)
+    assert_usage_error(result, "'--address'", f"address {address!r}: {fragment}")
+
+
+@needs_ipv6
+def test_ipv6_address_in_brackets_reaches_the_server(echo_package):
+    with greeter_server(echo_package, host="::1") as (address, _):
+        assert address.startswith("[::1]:")
+        result = okra("call", "greeter.v1.Greeter/SayHello", '{"name": "six"}', "--address", address,
+                      "--package", str(echo_package))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"message": "hello six"}
+
+
+@pytest.mark.parametrize(
+    "timeout, fragment",
+    [
+        ("-1", "-1.0 is not in the range x>0"),
+        ("0", "0.0 is not in the range x>0"),
+        ("inf", "inf is not a finite number of seconds"),
+        ("nan", "nan is not a finite number of seconds"),
+        ("1e300", "1e300 is more than 1e9 seconds"),
+        ("soon", "'soon' is not a valid number"),
+    ],
+)
+def test_timeout_that_is_not_a_finite_number_above_zero_is_a_usage_error(timeout, fragment):
+    result = usage_error("call", "a.B/C", "--timeout", timeout, "--address", f"127.0.0.1:{closed_port()}")
+    assert_usage_error(result, "'--timeout'", fragment)
+
+
+@pytest.mark.parametrize("body, kind", [('""', "a string"), ("[]", "an array"), ("1", "a number"), ("null", "null")])
+def test_request_json_that_is_not_an_object_is_refused_before_sending(echo_package, body, kind):
+    result = okra("call", "greeter.v1.Greeter/SayHello", body, "--package", str(echo_package),
+                  "--address", f"127.0.0.1:{closed_port()}")
+    assert_one_line_error(
+        result,
+        "INVALID_ARGUMENT: request JSON must be an object holding the fields of greeter.v1.HelloRequest "
+        f"(e.g. {{}}), not {kind}",
+    )
+
+
+def test_duplicate_json_key_is_said_once(echo_package):
+    result = okra("call", "greeter.v1.Greeter/SayHello", '{"name": "a", "name": "b"}', "--package", str(echo_package),
+                  "--address", f"127.0.0.1:{closed_port()}")
+    assert_one_line_error(
+        result, 'INVALID_ARGUMENT: request JSON for greeter.v1.HelloRequest does not parse: key "name" appears twice'
+    )
+    assert "Failed to load JSON" not in result.stderr
+
+
+def test_package_that_is_not_a_zip_is_named_once(tmp_path):
+    bogus = tmp_path / "notzip.okra.pkg"
+    bogus.write_bytes(b"definitely not a zip")
+    result = okra("call", "greeter.v1.Greeter/SayHello", "--package", str(bogus))
+    assert_one_line_error(result, f"INVALID_ARGUMENT: {bogus}: not an OKRA package")
+    assert result.stderr.count(str(bogus)) == 1, result.stderr
+
+
+def test_call_usage_shows_the_json_as_optional():
+    result = okra("call", "--help", env={"COLUMNS": "400"})
+    assert "okra call [OPTIONS] SERVICE/METHOD [JSON]" in result.stdout
 
 
 def test_plugin_that_fails_to_import_is_named_in_one_line(tmp_path):
@@ -214,3 +407,4 @@ def test_init_then_generate_writes_the_go_types_without_compiling(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (project / "gen").rglob("*.okra.go")) == ["hello.okra.go", "okra_wire.okra.go"]
     assert not (project / "dist").exists()
+

@@ -19,10 +19,17 @@ Every failure raises `okra_core.status.RpcError`: the server's own code and mess
 a code chosen here for what went wrong before the call (INVALID_ARGUMENT for bad JSON or
 a bad target, UNIMPLEMENTED for an unknown service or method, UNAVAILABLE when nothing
 listens at the address).
+
+Bad input is refused before anything is sent, with INVALID_ARGUMENT naming it: an
+address that is not HOST:PORT (`parse_address`), metadata gRPC would refuse
+(`metadata_problem`), a request that is not a JSON object.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -34,7 +41,13 @@ from okra_core.status import RpcError, StatusCode
 
 from ._status import FROM_GRPC
 
-__all__ = ["call_json", "call_json_stream", "parse_target", "list_services"]
+__all__ = [
+    "call_json", "call_json_stream", "parse_target", "parse_address", "metadata_problem", "list_services",
+]
+
+#: The longest timeout, in seconds (about 31 years): gRPC counts deadlines in int64
+#: nanoseconds since 1970, and turns a later one into an instant DEADLINE_EXCEEDED.
+MAX_TIMEOUT = 1e9
 
 _REFLECTION_PATHS = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -49,7 +62,7 @@ def call_json(
     *,
     package: str | None = None,
     timeout: float = 30.0,
-    metadata: Iterable[tuple[str, str]] = (),
+    metadata: Iterable[tuple[str, str | bytes]] = (),
 ) -> str:
     """Call the unary method `target` ("pkg.Service/Method") at `address` ("host:port")
     with the request `json_text`; return the response as JSON text (indent 2).
@@ -71,14 +84,22 @@ def call_json_stream(
     *,
     package: str | None = None,
     timeout: float = 30.0,
-    metadata: Iterable[tuple[str, str]] = (),
+    metadata: Iterable[tuple[str, str | bytes]] = (),
     unary_only: bool = False,
 ) -> Iterator[str]:
     """Call the unary or server-streaming method `target`; yield each response as JSON
     text (indent 2) as it arrives: one for a unary method, any number for a stream.
-    An error (RpcError) may come after some responses. `timeout` bounds the whole call."""
+    An error (RpcError) may come after some responses. `timeout` bounds the whole call.
+
+    `metadata` holds (key, value) pairs: lower-case keys, text values, bytes values for
+    keys ending in ``-bin`` (binary metadata)."""
     service, method = parse_target(target)
-    address = _plain_address(address)
+    address = parse_address(address)
+    metadata = _checked_metadata(metadata)
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT, f"the timeout must be above 0 and at most 1e9 seconds, not {timeout}"
+        )
     with grpc.insecure_channel(address) as channel:
         if package is not None:
             found = _method_from_package(package, service, method)
@@ -94,10 +115,10 @@ def call_json_stream(
         try:
             if streaming:
                 call = channel.unary_stream(f"/{service}/{method}")
-                responses = call(request, timeout=timeout, metadata=tuple(metadata))
+                responses = call(request, timeout=timeout, metadata=metadata)
             else:
                 call = channel.unary_unary(f"/{service}/{method}")
-                responses = (call(request, timeout=timeout, metadata=tuple(metadata)),)
+                responses = (call(request, timeout=timeout, metadata=metadata),)
             for response in responses:
                 yield _to_json(response, output_class, service, method)
         except grpc.RpcError as error:
@@ -122,7 +143,7 @@ def _to_json(response: bytes, output_class: type[Message], service: str, method:
 
 def list_services(address: str, *, timeout: float = 10.0) -> list[str]:
     """The services the server at `address` lists through reflection."""
-    address = _plain_address(address)
+    address = parse_address(address)
     with grpc.insecure_channel(address) as channel:
         response = _reflect(channel, address, reflection_pb2.ServerReflectionRequest(list_services=""), timeout)
     return sorted(s.name for s in response.list_services_response.service)
@@ -140,25 +161,127 @@ def parse_target(target: str) -> tuple[str, str]:
     return service, method
 
 
-def _plain_address(address: str) -> str:
+_HOST = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def parse_address(address: str) -> str:
+    """The gRPC target for `address`: "host:port" or "[ipv6]:port", optionally after
+    http://, grpc:// or dns:///. The port is required (1-65535): gRPC would otherwise
+    pick 443, or wrap a port above 65535 around. RpcError INVALID_ARGUMENT if it is not
+    such an address."""
+    given = address
     for scheme in ("http://", "grpc://", "dns:///"):
         if address.startswith(scheme):
             address = address[len(scheme) :]
     if address.startswith("https://"):
-        raise RpcError(StatusCode.INVALID_ARGUMENT, f"{address}: TLS is not supported by this client; use host:port")
-    return address.rstrip("/")
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"{given}: TLS is not supported by this client; use host:port")
+    address = address.rstrip("/")
+
+    def bad(why: str) -> RpcError:
+        return RpcError(StatusCode.INVALID_ARGUMENT, f"address {given!r}: {why}")
+
+    if not address:
+        raise bad("empty (use HOST:PORT, e.g. 127.0.0.1:50051)")
+    if address.startswith("["):
+        host, bracket, port = address[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise bad("not [IPV6]:PORT (e.g. [::1]:50051)")
+        port = port[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+        host = f"[{host}]"
+    else:
+        host, colon, port = address.rpartition(":")
+        if ":" in host:
+            raise bad("put an IPv6 address in brackets (e.g. [::1]:50051)")
+        if not colon:
+            raise bad("no port (use HOST:PORT, e.g. 127.0.0.1:50051)")
+        if not host:
+            raise bad("no host (use HOST:PORT, e.g. 127.0.0.1:50051)")
+        if not _HOST.fullmatch(host):
+            raise bad(f"{host!r} is not a host name or IP address")
+    if not port:
+        raise bad("no port (use HOST:PORT, e.g. 127.0.0.1:50051)")
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise bad(f"the port must be a number from 1 to 65535, not {port!r}")
+    return f"{host}:{int(port)}"
+
+
+#: The characters of a gRPC metadata key (the gRPC over HTTP/2 spec, "Header-Name").
+_KEY = re.compile(r"[0-9a-z_.-]+")
+
+
+def metadata_problem(key: str, value: str | bytes) -> str | None:
+    """Why gRPC would refuse to send the metadata pair (key, value), or None.
+
+    Keys are lower-case ASCII letters, digits and ``- _ .``; names starting with
+    ``grpc-`` are gRPC's own. A key ending in ``-bin`` carries binary data (bytes);
+    any other key carries printable ASCII text (space to ``~``).
+    """
+    if not key:
+        return "the name is empty"
+    if key.startswith(":"):
+        return "names starting with ':' are HTTP/2 pseudo-headers, which gRPC sets itself"
+    if not key.isascii() or not _KEY.fullmatch(key):
+        return "a name may hold only lower-case ASCII letters, digits and - _ ."
+    if key.startswith("grpc-"):
+        hint = " (use the timeout for the deadline)" if key == "grpc-timeout" else ""
+        return f"names starting with grpc- are reserved by gRPC{hint}"
+    if key.endswith("-bin"):
+        if not isinstance(value, (bytes, bytearray)):
+            return "a name ending in -bin is binary metadata: its value must be bytes"
+        return None
+    if not isinstance(value, str):
+        return "the value must be text (binary metadata needs a name ending in -bin)"
+    for index, char in enumerate(value):
+        if not " " <= char <= "~":
+            return (
+                f"the value may hold only printable ASCII, not {char!r} (at {index}); "
+                "binary metadata needs a name ending in -bin"
+            )
+    return None
+
+
+def _checked_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    checked = tuple((key, bytes(value) if isinstance(value, bytearray) else value) for key, value in metadata)
+    for key, value in checked:
+        problem = metadata_problem(key, value)
+        if problem:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"metadata {key!r}: {problem}")
+    return checked
 
 
 def _parse_request(json_text: str, input_class: type[Message]) -> Message:
-    request = input_class()
+    """The request message for `json_text`, which must be a JSON object (a string, a
+    list or null would otherwise pass as an empty request)."""
+    name = input_class.DESCRIPTOR.full_name
     try:
-        json_format.Parse(json_text or "{}", request)
-    except json_format.ParseError as exc:
+        value = json.loads(json_text or "{}", object_pairs_hook=_refuse_duplicate_keys)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a duplicate key, too deep
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"request JSON for {name} does not parse: {exc}") from None
+    if not isinstance(value, dict):
+        kind = {str: "a string", list: "an array", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         raise RpcError(
             StatusCode.INVALID_ARGUMENT,
-            f"request JSON does not fit {input_class.DESCRIPTOR.full_name}: {exc}",
-        ) from None
+            f"request JSON must be an object holding the fields of {name} (e.g. {{}}), not {kind}",
+        )
+    request = input_class()
+    try:
+        json_format.ParseDict(value, request)
+    except json_format.ParseError as exc:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"request JSON does not fit {name}: {exc}") from None
     return request
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {json.dumps(key)} appears twice in one object")
+        result[key] = value
+    return result
 
 
 def _method_from_package(path: str, service: str, method: str) -> tuple[type[Message], type[Message], bool]:
@@ -166,7 +289,11 @@ def _method_from_package(path: str, service: str, method: str) -> tuple[type[Mes
     from okra_core.package import load_package
 
     try:
-        schema = load_package(path).schema(service)
+        package = load_package(path)
+    except PackageError as exc:  # its message starts with the path already
+        raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    try:
+        schema = package.schema(service)
     except PackageError as exc:
         raise RpcError(StatusCode.INVALID_ARGUMENT, f"{path}: {exc}") from None
     found = schema.methods.get(method)
