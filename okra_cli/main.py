@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import sys
 
 import rich_click as click
@@ -84,6 +85,39 @@ class Seconds(click.FloatRange):
         if number > self.MAXIMUM:
             self.fail(f"{value} is more than 1e9 seconds (about 31 years).", param, ctx)
         return number
+
+
+#: A header name both transports accept: gRPC's rule (lower-case ASCII letters, digits
+#: and - _ .), which is also a valid HTTP field name.
+_HEADER_NAME = re.compile(r"[0-9a-z_.-]+")
+
+
+def _allowed_header_names(ctx, param, names):
+    """--allow-header: header names that a guest can actually be given."""
+    from okra_core.metadata import PROTOCOL_HEADERS, RESERVED_PREFIXES, is_forwarded
+
+    checked = []
+    for given in names:
+        name = given.strip()
+        name = name.lower() if name.isascii() else name
+        if "," in name:
+            raise click.BadParameter(f"{given!r}: give one name per --allow-header (repeat the option)")
+        if not name.isascii() or not _HEADER_NAME.fullmatch(name):
+            raise click.BadParameter(
+                f"{given!r} is not a header name (ASCII letters, digits and - _ .)"
+            )
+        if not is_forwarded(name, allow=(name,)):
+            if name.startswith(RESERVED_PREFIXES):
+                why = f"names starting with {name.split('-')[0]}- belong to the protocol"
+            elif name in PROTOCOL_HEADERS:
+                why = "it is a connection or framing header"
+            elif name.endswith("-bin"):
+                why = "it is a binary (-bin) header, and guest metadata is text"
+            else:
+                why = "see docs/transports.md"
+            raise click.BadParameter(f"{given!r} is never forwarded to guests: {why}")
+        checked.append(name)
+    return tuple(checked)
 
 
 @click.group()
@@ -163,7 +197,7 @@ def server_options(command):
             help="Largest request or response on either transport (e.g. 512KiB, 16MiB).",
         ),
         click.option(
-            "--allow-header", "allow_headers", multiple=True, metavar="NAME",
+            "--allow-header", "allow_headers", multiple=True, metavar="NAME", callback=_allowed_header_names,
             help="Forward this secret-looking request header to guests (repeat; see docs/transports.md).",
         ),
         click.option(
@@ -180,7 +214,10 @@ def server_options(command):
             "--log-level", default="info", show_default=True,
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
         ),
-        click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds to drain calls on shutdown."),
+        click.option(
+            "--grace", type=Seconds(min=0), default=10.0, show_default=True, metavar="SECONDS",
+            help="Seconds to drain calls on shutdown (0: stop at once).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -220,12 +257,18 @@ def _serve(
     def ready(server: Server) -> None:
         for name, bound_host, port in server.addresses:
             label = {"grpc": "gRPC", "connect": "HTTP"}.get(name, name)
-            click.echo(f"{label} listening on {bound_host}:{port}")
+            click.echo(f"{label} listening on {_host_port(bound_host, port)}")
         for service in server.runtime.services():
             click.echo(f"  serving {service}")
         sys.stdout.flush()
 
     asyncio.run(serve_until_signalled(server, ready, background=background))
+
+
+def _host_port(host: str, port: int) -> str:
+    """host:port, with an IPv6 literal in brackets ([::1]:50051) as URLs and gRPC
+    targets write it, so the line can be pasted into `okra call --address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @cli.command()

@@ -17,16 +17,21 @@
 #   nothing from gRPC's logs: a malformed -H header, a header name or value gRPC would
 #   refuse (empty, spaces, non-ASCII, reserved grpc-, control characters, a -bin value
 #   that is not base64); an --address that is not HOST:PORT (no port, port out of range,
-#   no host, IPv6 without brackets, empty); a --timeout that is not a finite number > 0.
+#   no host, IPv6 without brackets, empty); a --timeout that is not a finite number > 0;
+#   a --grace below 0 or not finite (serve and dev); an --allow-header that is not a
+#   header name or that is never forwarded (reserved, framing, binary).
 # - `okra call`: a -bin header's base64 value reaches the server as bytes; an IPv6
 #   address in brackets reaches the server; request JSON that is not an object is
 #   INVALID_ARGUMENT before anything is sent; a duplicate JSON key and a package that is
 #   not a zip are each said once; the usage line shows the JSON as optional.
+# - `okra serve --host ::1` prints its listen addresses with the IPv6 host in brackets,
+#   and `okra call` reaches it at the printed address (slow).
 import concurrent.futures
 import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -339,6 +344,41 @@ def test_timeout_that_is_not_a_finite_number_above_zero_is_a_usage_error(timeout
     assert_usage_error(result, "'--timeout'", fragment)
 
 
+@pytest.mark.parametrize("grace, fragment", [("-5", "-5.0 is not in the range x>=0"), ("nan", "nan is not a finite")])
+def test_grace_below_zero_or_not_finite_is_a_usage_error(tmp_path, grace, fragment):
+    package = tmp_path / "any.okra.pkg"
+    package.write_bytes(b"checked after the options")
+    assert_usage_error(usage_error("serve", str(package), "--grace", grace), "'--grace'", fragment)
+    assert_usage_error(usage_error("dev", str(tmp_path), "--grace", grace), "'--grace'", fragment)
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("bad header", "'bad header' is not a header name (ASCII letters, digits and - _ .)"),
+        ("x-é", "'x-é' is not a header name"),
+        ("authorization,cookie", "give one name per --allow-header"),
+        ("grpc-timeout", "'grpc-timeout' is never forwarded to guests: names starting with grpc- belong to the protocol"),
+        ("Connect-Timeout-Ms", "never forwarded to guests: names starting with connect- belong to the protocol"),
+        ("te", "'te' is never forwarded to guests: it is a connection or framing header"),
+        ("content-type", "it is a connection or framing header"),
+        ("x-trace-bin", "it is a binary (-bin) header, and guest metadata is text"),
+    ],
+)
+def test_allow_header_that_can_never_be_forwarded_is_a_usage_error(tmp_path, name, fragment):
+    package = tmp_path / "any.okra.pkg"
+    package.write_bytes(b"checked after the options")
+    result = usage_error("serve", str(package), "--allow-header", name)
+    assert_usage_error(result, "'--allow-header'", fragment)
+
+
+def test_allow_header_takes_a_secret_looking_name_in_any_case(tmp_path):
+    package = tmp_path / "any.okra.pkg"
+    package.write_bytes(b"checked after the options")
+    result = okra("serve", str(package), "--allow-header", "Authorization", "--allow-header", "x-api-key")
+    assert_one_line_error(result, "not an OKRA package")  # past the options
+
+
 @pytest.mark.parametrize("body, kind", [('""', "a string"), ("[]", "an array"), ("1", "a number"), ("null", "null")])
 def test_request_json_that_is_not_an_object_is_refused_before_sending(echo_package, body, kind):
     result = okra("call", "greeter.v1.Greeter/SayHello", body, "--package", str(echo_package),
@@ -408,3 +448,28 @@ def test_init_then_generate_writes_the_go_types_without_compiling(tmp_path):
     assert sorted(p.name for p in (project / "gen").rglob("*.okra.go")) == ["hello.okra.go", "okra_wire.okra.go"]
     assert not (project / "dist").exists()
 
+
+@pytest.mark.slow
+@needs_ipv6
+def test_serve_prints_an_ipv6_host_in_brackets_that_okra_call_reaches(echo_package, tmp_path):
+    server = subprocess.Popen(
+        [OKRA, "serve", str(echo_package), "--host", "::1", "--grpc-port", "0", "--http-port", "0", "--grace", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OKRA_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    try:
+        grpc_line, http_line = server.stdout.readline().strip(), server.stdout.readline().strip()
+        assert re.fullmatch(r"gRPC listening on \[::1\]:\d+", grpc_line), grpc_line
+        assert re.fullmatch(r"HTTP listening on \[::1\]:\d+", http_line), http_line
+        address = grpc_line.removeprefix("gRPC listening on ")
+        result = okra("call", "greeter.v1.Greeter/SayHello", '{"name": "six"}', "--address", address)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"message": "six"}
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        server.stdout.close()
+        server.stderr.close()
