@@ -17,6 +17,13 @@ import pathlib
 import re
 import sys
 
+# gRPC's C core writes its own log lines to stderr ("E1204 ... add_port.cc:83] Failed to
+# add port") for failures that OKRA reports as one line anyway. Quiet unless asked for:
+# this must happen before anything imports grpc (okra_core and the built-in plugins
+# import it lazily, but a third-party plugin loaded below may not).
+if not os.environ.get("OKRA_DEBUG"):
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import rich_click as click
 from rich.console import Console
 from rich.logging import RichHandler

@@ -12,7 +12,8 @@
 # - errors are one line on stderr, exit status 1, no traceback: serving a file that is not
 #   a package, a package whose module imports something ungranted, `okra build` outside a
 #   project, `okra init` into a non-empty directory; an error message that spans lines or
-#   holds ":name:" prints as is, on one line.
+#   holds ":name:" prints as is, on one line; a port that cannot be bound, without gRPC's
+#   own log lines (GRPC_VERBOSITY defaults to NONE; a user's own setting is kept).
 # - usage mistakes exit with status 2 and one line naming the option, nothing sent and
 #   nothing from gRPC's logs: a malformed -H header, a header name or value gRPC would
 #   refuse (empty, spaces, non-ASCII, reserved grpc-, control characters, a -bin value
@@ -410,6 +411,21 @@ def test_package_that_is_not_a_zip_is_named_once(tmp_path):
 def test_call_usage_shows_the_json_as_optional():
     result = okra("call", "--help", env={"COLUMNS": "400"})
     assert "okra call [OPTIONS] SERVICE/METHOD [JSON]" in result.stdout
+
+
+def test_port_in_use_is_one_line_without_grpc_logs(echo_package, tmp_path):
+    env = {"OKRA_CACHE_DIR": str(tmp_path / "cache")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = okra("serve", str(echo_package), "--grpc-port", port, "--http-port", "0", "--log-level", "warning",
+                      env=env)
+        assert_one_line_error(result, f"cannot listen for gRPC on 127.0.0.1:{port}")
+        # A user's own GRPC_VERBOSITY is kept (and gRPC then logs the failure itself).
+        result = okra("serve", str(echo_package), "--grpc-port", port, "--http-port", "0",
+                      env={**env, "GRPC_VERBOSITY": "ERROR"})
+        assert result.returncode == 1 and GRPC_LOG.search(result.stderr), result.stderr
 
 
 def test_plugin_that_fails_to_import_is_named_in_one_line(tmp_path):
