@@ -320,7 +320,9 @@ async def test_server_stream_delivers_every_message_in_order(served):
     call = served.channel.unary_stream(f"/{ECHO}/Watch")(watch_request(served, "tick", 3), timeout=5)
     assert await read_stream(served, call) == ["tick 1", "tick 2", "tick 3"]
     assert await call.code() == grpc.StatusCode.OK
-    assert 0 < served.runtime.calls[-1].timeout <= 5
+    # grpc rounds the deadline it sends up (its timeout header keeps a few digits), so the
+    # server may see a little more than the client asked for.
+    assert 0 < served.runtime.calls[-1].timeout <= 5.1
 
 
 async def test_server_stream_error_arrives_after_the_messages_sent(served):
