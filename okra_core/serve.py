@@ -104,6 +104,8 @@ def _check_distinct_names(packages: Sequence[Package]) -> None:
         name = package.manifest.name
         earlier = seen.setdefault(name, package)
         if earlier is not package:
+            if earlier.path is not None and earlier.path == package.path:
+                raise DeployError(f"{_where(package)} is given twice: serve it once")
             raise DeployError(
                 f"{_where(earlier)} and {_where(package)} are both the package {name!r} "
                 f"(versions {earlier.manifest.version} and {package.manifest.version}): "

@@ -5,7 +5,8 @@
 #   package's file; no transport is left listening and nothing stays deployed.
 # - bad transport options fail before anything is deployed.
 # - two packages of one name (two versions of a service) are refused before anything is
-#   deployed, naming both files: one would silently replace the other.
+#   deployed, naming both files: one would silently replace the other; one file given
+#   twice is said to be just that.
 # - a negative grace period is refused.
 import grpc
 import pytest
@@ -96,3 +97,11 @@ async def test_two_packages_of_one_name_are_refused_naming_both_files(tmp_path, 
 def test_negative_grace_is_refused(packages):
     with pytest.raises(ConfigError, match="grace"):
         Server([packages("echo", "good", host_apis={})], [], grace=-5)
+
+
+async def test_one_package_file_given_twice_is_refused_as_such(tmp_path, packages):
+    package = packages("echo", "greeter", host_apis={})
+    server = Server([package, load_package(package.path)], [Listener("grpc", "127.0.0.1", 0)], config=config(tmp_path))
+    with pytest.raises(DeployError, match="is given twice: serve it once"):
+        await server.start()
+    assert server.runtime.services() == []
