@@ -98,14 +98,14 @@ class DynamicRouter(grpc.GenericRpcHandler):
                     metadata=filter_metadata(context.invocation_metadata() or (), allow),
                     timeout=context.time_remaining(),
                 )
+                if limit is not None and len(response) > limit:
+                    raise _too_large(service, method, len(response), limit)
+                return response
             except RpcError as error:
                 await context.abort(TO_GRPC[error.code], error.message)
             except Exception:
                 log.exception("%s/%s failed with an unexpected error", service, method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-            if limit is not None and len(response) > limit:
-                await context.abort(*_too_large(service, method, len(response), limit))
-            return response
 
         return call
 
@@ -126,7 +126,7 @@ class DynamicRouter(grpc.GenericRpcHandler):
                 )
                 async for response in stream:
                     if limit is not None and len(response) > limit:
-                        raise RpcError(*_too_large_status(service, method, len(response), limit))
+                        raise _too_large(service, method, len(response), limit)
                     yield response
             except RpcError as error:
                 await context.abort(TO_GRPC[error.code], error.message)
@@ -143,17 +143,12 @@ class DynamicRouter(grpc.GenericRpcHandler):
         return call
 
 
-def _too_large_status(service: str, method: str, size: int, limit: int) -> tuple[StatusCode, str]:
-    return (
+def _too_large(service: str, method: str, size: int, limit: int) -> RpcError:
+    return RpcError(
         StatusCode.RESOURCE_EXHAUSTED,
         f"{service}/{method} produced a {size}-byte response, over this server's "
         f"max_message_size of {limit} bytes",
     )
-
-
-def _too_large(service: str, method: str, size: int, limit: int) -> tuple[grpc.StatusCode, str]:
-    code, message = _too_large_status(service, method, size, limit)
-    return TO_GRPC[code], message
 
 
 def _refuse(code: StatusCode, message: str) -> grpc.RpcMethodHandler:
