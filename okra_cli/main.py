@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import pathlib
-import re
 import sys
 
 # gRPC's C core writes its own log lines to stderr ("E1204 ... add_port.cc:83] Failed to
@@ -94,14 +93,9 @@ class Seconds(click.FloatRange):
         return number
 
 
-#: A header name both transports accept: gRPC's rule (lower-case ASCII letters, digits
-#: and - _ .), which is also a valid HTTP field name.
-_HEADER_NAME = re.compile(r"[0-9a-z_.-]+")
-
-
 def _allowed_header_names(ctx, param, names):
     """--allow-header: header names that a guest can actually be given."""
-    from okra_core.metadata import PROTOCOL_HEADERS, RESERVED_PREFIXES, is_forwarded
+    from okra_core.metadata import PROTOCOL_HEADERS, RESERVED_PREFIXES, is_forwarded, is_header_name
 
     checked = []
     for given in names:
@@ -109,7 +103,7 @@ def _allowed_header_names(ctx, param, names):
         name = name.lower() if name.isascii() else name
         if "," in name:
             raise click.BadParameter(f"{given!r}: give one name per --allow-header (repeat the option)")
-        if not name.isascii() or not _HEADER_NAME.fullmatch(name):
+        if not is_header_name(name):
             raise click.BadParameter(
                 f"{given!r} is not a header name (ASCII letters, digits and - _ .)"
             )

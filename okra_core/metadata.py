@@ -11,6 +11,7 @@ same metadata whichever protocol the call came in on.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Collection, Iterable
 
 #: Headers of the connection or of the HTTP/gRPC/Connect framing, never forwarded.
@@ -118,6 +119,17 @@ def filter_metadata(
         if type(value) is str and is_forwarded(key, allow):
             forwarded.append((key.lower(), value))
     return forwarded
+
+
+#: A header name as gRPC writes it (the gRPC over HTTP/2 spec, "Header-Name"): lower-case
+#: ASCII letters, digits and - _ . -- also a valid HTTP field name, so both transports
+#: accept it.
+_HEADER_NAME = re.compile(r"[0-9a-z_.-]+")
+
+
+def is_header_name(key: str) -> bool:
+    """Whether `key` (already lower-cased) is a header name every transport accepts."""
+    return key.isascii() and _HEADER_NAME.fullmatch(key) is not None
 
 
 def normalize_allow(names: Iterable[str]) -> frozenset[str]:

@@ -7,11 +7,12 @@
 #   binary (-bin) headers never pass, even when "allowed";
 # - secret-looking names (exact list and by word) are dropped unless allowed;
 # - values that are not text are dropped;
-# - allow lists from user input are normalised.
+# - allow lists from user input are normalised;
+# - header names: lower-case ASCII letters, digits and - _ . only.
 
 import pytest
 
-from okra_core.metadata import filter_metadata, is_forwarded, normalize_allow
+from okra_core.metadata import filter_metadata, is_forwarded, is_header_name, normalize_allow
 
 
 @pytest.mark.parametrize("key", ["user-agent", "x-request-id", "x-tenant", "traceparent", "accept-language", "X-Locale"])
@@ -53,3 +54,13 @@ def test_allow_lists_from_user_input_are_normalised():
     allow = normalize_allow([" Authorization ", "", "X-API-Key"])
     assert allow == {"authorization", "x-api-key"}
     assert filter_metadata([("authorization", "t"), ("cookie", "c")], allow) == [("authorization", "t")]
+
+
+@pytest.mark.parametrize("key", ["x-request-id", "a", "trace_id.v2", "0"])
+def test_header_names_of_letters_digits_and_dash_underscore_dot_are_accepted(key):
+    assert is_header_name(key)
+
+
+@pytest.mark.parametrize("key", ["", "X-Upper", "bad key", "x-é", ":path", "x,y", "x\x01"])
+def test_other_header_names_are_refused(key):
+    assert not is_header_name(key)

@@ -37,6 +37,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.message import Message
 from grpc_reflection.v1alpha import reflection_pb2
 
+from okra_core.metadata import is_header_name
 from okra_core.status import RpcError, StatusCode
 
 from ._status import FROM_GRPC
@@ -209,10 +210,6 @@ def parse_address(address: str) -> str:
     return f"{host}:{int(port)}"
 
 
-#: The characters of a gRPC metadata key (the gRPC over HTTP/2 spec, "Header-Name").
-_KEY = re.compile(r"[0-9a-z_.-]+")
-
-
 def metadata_problem(key: str, value: str | bytes) -> str | None:
     """Why gRPC would refuse to send the metadata pair (key, value), or None.
 
@@ -224,7 +221,7 @@ def metadata_problem(key: str, value: str | bytes) -> str | None:
         return "the name is empty"
     if key.startswith(":"):
         return "names starting with ':' are HTTP/2 pseudo-headers, which gRPC sets itself"
-    if not key.isascii() or not _KEY.fullmatch(key):
+    if not is_header_name(key):
         return "a name may hold only lower-case ASCII letters, digits and - _ ."
     if key.startswith("grpc-"):
         hint = " (use the timeout for the deadline)" if key == "grpc-timeout" else ""
