@@ -12,9 +12,10 @@ they have proven short, and only for services whose host functions never block: 
 `max_wall` of wall time) it goes inline. CPU, because on a busy process a thread waits
 for the GIL and even a 5 us guest call can take milliseconds of wall time. Two inline
 calls over `slow` seconds of CPU (or `max_wall` of wall time) within 16 calls send it
-back to threads (one may be the loop's own pause), and the next promotion needs twice as many short calls, so a service whose
-calls are sometimes long stops flapping. An inline call may block the loop for `inline_budget` seconds at most: the engine stops it then
-(InlineOverrun) and the caller runs it again from the start on a thread, with a fresh
+back to threads (one may be the loop's own pause), and the next promotion needs twice
+as many short calls, so a service whose calls are sometimes long stops flapping. An
+inline call may block the loop for `inline_budget` seconds at most: the engine stops it
+then (InlineOverrun) and the caller runs it again from the start on a thread, with a fresh
 instance. That is why only guests whose host functions never block (and so only log or
 compute) qualify.
 """
