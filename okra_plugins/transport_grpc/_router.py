@@ -25,9 +25,9 @@ log = logging.getLogger("okra.transport.grpc")
 class DynamicRouter(grpc.GenericRpcHandler):
     """Looks `/package.Service/Method` up in the runtime on every call.
 
-    Handlers of deployed unary and server-streaming methods are cached by path; the cache is dropped whenever
-    the runtime reports a deploy or undeploy (`forget`). Unknown paths are not cached, so
-    a client cannot grow the cache.
+    Handlers of deployed unary and server-streaming methods are cached by path; the cache
+    is dropped whenever the runtime reports a deploy or undeploy (`forget`). Unknown paths
+    are not cached, so a client cannot grow the cache.
     """
 
     def __init__(
