@@ -81,6 +81,9 @@ class PlainCounter:
 
 class FullStackCounter:
     calls = 0
+    #: CPU seconds of the loop thread spent in each `Runtime.invoke` under load: the
+    #: runtime and guest call as a busy server runs them (compare benchmarks/cold_cache.py).
+    invoke_cpu: list[float] = []
 
 
 async def start_full_stack():
@@ -106,7 +109,11 @@ async def start_full_stack():
 
     async def counted(*args, **kwargs):
         FullStackCounter.calls += 1
-        return await invoke(*args, **kwargs)
+        cpu = time.thread_time()  # an inline call never leaves the loop thread
+        try:
+            return await invoke(*args, **kwargs)
+        finally:
+            FullStackCounter.invoke_cpu.append(time.thread_time() - cpu)
 
     runtime.invoke = counted
     transport = GrpcTransport()
@@ -304,6 +311,9 @@ async def main() -> None:
             cpu = statistics.median(cpu_per_call[client][name])
             print(f"  {client}: {name:16s} {rate:7.0f}/s {cpu:5.0f} us CPU/call   "
                   f"ratio to plain {rate / plain_rate:.2f} (rate), {cpu / plain_cpu:.2f} (CPU)")
+    if args.wasm:
+        print(f"  okra + wasm echo: Runtime.invoke under load, median "
+              f"{statistics.median(FullStackCounter.invoke_cpu) * 1e6:.1f} us CPU of the loop thread")
     okra_us, plain_us = handler_cost(runtime, payload)
     print(f"  handler code alone, no grpc: plain {plain_us:.2f} us/call, okra transport {okra_us:.2f} us/call "
           f"(+{okra_us - plain_us:.2f} us)")
