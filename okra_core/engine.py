@@ -60,6 +60,26 @@ class ExportSpec:
     results: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class InstanceLimits:
+    """What one instance may consume; None means the engine's default (no limit of
+    OKRA's own).
+
+    A dataclass rather than a bare number so that further limits (tables, fuel,
+    instances) can join it without changing `CompiledModule.instantiate` again.
+    """
+
+    #: The most linear memory the instance may have, in bytes. A `memory.grow` past it
+    #: fails inside the guest (returns -1; the host is unaffected); a module whose
+    #: initial memory is larger cannot be instantiated.
+    memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        memory = self.memory_bytes
+        if memory is not None and (type(memory) is not int or memory < 0):
+            raise ValueError(f"memory_bytes must be a number of bytes >= 0, not {memory!r}")
+
+
 @runtime_checkable
 class Instance(Protocol):
     """One instantiated module. Not thread-safe: one call at a time."""
@@ -90,17 +110,23 @@ class CompiledModule(Protocol):
     def exports(self) -> Sequence[ExportSpec]: ...
 
     def instantiate(
-        self, host_functions: Sequence[HostFunction], stdio: StdioSink, context: HostContext
+        self,
+        host_functions: Sequence[HostFunction],
+        stdio: StdioSink,
+        context: HostContext,
+        *,
+        limits: InstanceLimits | None = None,
     ) -> Instance:
         """Link WASI (no preopens, no environment, no arguments; fd 1 and 2 go to
         `stdio`), then exactly `host_functions`, instantiate, run `_initialize` if
         exported and set up the ABI request buffer.
 
         `context` is the instance's HostContext, passed to every host function call;
-        the engine sets its `memory` to the new instance's memory.
+        the engine sets its `memory` to the new instance's memory. `limits` bound the
+        instance's resources (None: no limits beyond the engine's own).
 
-        Raises GuestTrap if the initialiser traps, and a DeployError subclass if the
-        module cannot be linked.
+        Raises GuestTrap if the initialiser traps, and a DeployError (or subclass) if
+        the module cannot be linked or its initial memory is over `limits`.
         """
 
 

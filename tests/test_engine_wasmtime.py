@@ -59,6 +59,15 @@
 #   - a call's deadline stops a guest that never returns (GuestTimeout, about on time),
 #     and the instance refuses further calls
 #   - a deadline applies to its own call only; other traps stay plain GuestTraps
+# Memory limits (InstanceLimits.memory_bytes)
+#   - a guest growing memory without end (memory_bomb.wat) sees memory.grow fail at the
+#     limit (rounded down to whole pages), and the instance serves the next call
+#   - without a limit (None, or InstanceLimits()) it grows to its declared maximum
+#   - a guest that traps when growth fails is a GuestTrap; other instances carry on
+#   - limits are per instance: a limited and an unlimited instance of one module
+#   - an initial memory larger than the limit is a DeployError giving both sizes; an
+#     equal one instantiates
+#   - InstanceLimits refuses a negative or non-integer size
 
 from __future__ import annotations
 
@@ -78,7 +87,15 @@ import pytest
 import wasmtime
 
 from okra_core import abi, hookspecs
-from okra_core.engine import CompiledModule, Engine, GuestFault, GuestTimeout, GuestTrap, Instance
+from okra_core.engine import (
+    CompiledModule,
+    Engine,
+    GuestFault,
+    GuestTimeout,
+    GuestTrap,
+    Instance,
+    InstanceLimits,
+)
 from okra_core.errors import AbiError, CapabilityError, ConfigError, DeployError, PackageError
 from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.plugins import Registry
@@ -119,11 +136,11 @@ def engine() -> WasmtimeEngine:
     return create_engine(cache_dir=None)
 
 
-def start(engine, name, functions=None, stdio=None, context=None):
+def start(engine, name, functions=None, stdio=None, context=None, limits=None):
     module = engine.compile(wasm(name))
     if functions is None:
         functions = abi.abi_functions()
-    return module.instantiate(functions, stdio or Sink(), context or new_context())
+    return module.instantiate(functions, stdio or Sink(), context or new_context(), limits=limits)
 
 
 # -- plugin and engine ----------------------------------------------------------------
@@ -807,3 +824,67 @@ def test_trap_other_than_the_deadline_is_a_plain_trap(engine):
     with pytest.raises(GuestTrap) as info:
         instance.handle(request(b""), deadline=time.monotonic() + 5)
     assert not isinstance(info.value, GuestTimeout)
+
+
+# -- memory limits --------------------------------------------------------------------
+
+PAGE = 65536
+
+
+def bomb(instance) -> tuple[int, int]:
+    """Run memory_bomb.wat's okra_handle: (pages grown by this call, pages now)."""
+    output, code, _ = abi.decode_response(instance.handle(request(b"")))
+    assert code == 0
+    return int.from_bytes(output[:4], "little"), int.from_bytes(output[4:], "little")
+
+
+@pytest.mark.parametrize("limit", [16 * PAGE, 16 * PAGE + 1000])
+def test_memory_limit_makes_memory_grow_fail_inside_the_guest(engine, limit):
+    context = new_context()
+    instance = start(engine, "memory_bomb", context=context, limits=InstanceLimits(limit))
+    assert bomb(instance) == (14, 16)  # from its initial 2 pages to the limit's 16
+    assert context.memory.size() == 16 * PAGE
+    assert bomb(instance) == (0, 16)  # still serving; still at the limit
+    assert instance.abi_version() == 1
+
+
+@pytest.mark.parametrize("limits", [None, InstanceLimits()])
+def test_without_a_memory_limit_the_guest_grows_to_its_maximum(engine, limits):
+    instance = start(engine, "memory_bomb", limits=limits)
+    assert bomb(instance) == (254, 256)
+
+
+def test_guest_trapping_when_memory_runs_out_is_a_guest_trap(engine):
+    instance = start(engine, "memory_bomb_trap", limits=InstanceLimits(4 * PAGE))
+    with pytest.raises(GuestTrap, match="unreachable"):
+        instance.handle(request(b""))
+    with pytest.raises(GuestFault, match="trapped earlier"):
+        instance.handle(request(b""))
+    # the host and other instances are unaffected
+    echo = start(engine, "echo", limits=InstanceLimits(4 * PAGE))
+    assert abi.decode_response(echo.handle(request(b"fine")))[0] == b"fine"
+
+
+def test_memory_limits_are_per_instance(engine):
+    limited = start(engine, "memory_bomb", limits=InstanceLimits(8 * PAGE))
+    unlimited = start(engine, "memory_bomb")
+    other = start(engine, "memory_bomb", limits=InstanceLimits(4 * PAGE))
+    assert bomb(limited) == (6, 8)
+    assert bomb(unlimited) == (254, 256)
+    assert bomb(other) == (2, 4)
+
+
+def test_initial_memory_over_the_limit_is_a_deploy_error(engine):
+    with pytest.raises(
+        DeployError,
+        match=r"initial memory \(131072 bytes\) is larger than the memory limit \(65536 bytes\)",
+    ):
+        start(engine, "echo", limits=InstanceLimits(PAGE))
+    instance = start(engine, "echo", limits=InstanceLimits(2 * PAGE))  # exactly enough
+    assert abi.decode_response(instance.handle(request(b"ok")))[0] == b"ok"
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True, "1M"])
+def test_instance_limits_refuse_a_bad_memory_size(size):
+    with pytest.raises(ValueError, match="memory_bytes must be a number of bytes"):
+        InstanceLimits(memory_bytes=size)

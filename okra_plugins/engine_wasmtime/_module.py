@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import wasmtime
 
 from okra_core import abi
-from okra_core.engine import ExportSpec, GuestFault, GuestTrap, ImportSpec, StdioSink
+from okra_core.engine import (
+    ExportSpec,
+    GuestFault,
+    GuestTrap,
+    ImportSpec,
+    InstanceLimits,
+    StdioSink,
+)
 from okra_core.errors import AbiError, CapabilityError, DeployError
 from okra_core.hostapi import HostContext, HostFunction
 from okra_plugins.engine_wasmtime import _capi, _wasi
@@ -17,6 +24,7 @@ from okra_plugins.engine_wasmtime._epoch import NEVER
 from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
 from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
+_PAGE = 65536
 
 
 def _canonical_valtypes() -> list[tuple[object, str]]:
@@ -73,6 +81,16 @@ class WasmtimeModule:
             ImportSpec(imp.module, imp.name or "", *_describe(imp.type)) for imp in module.imports
         )
         self._exports = tuple(ExportSpec(exp.name, *_describe(exp.type)) for exp in module.exports)
+        #: The ABI memory's initial size in bytes (None if the module exports none), so a
+        #: memory limit it cannot meet is refused by name before instantiating.
+        self._initial_memory = next(
+            (
+                exp.type.limits.min * _PAGE
+                for exp in module.exports
+                if exp.name == abi.EXPORT_MEMORY and isinstance(exp.type, wasmtime.MemoryType)
+            ),
+            None,
+        )
 
     @property
     def imports(self) -> Sequence[ImportSpec]:
@@ -83,11 +101,21 @@ class WasmtimeModule:
         return self._exports
 
     def instantiate(
-        self, host_functions: Sequence[HostFunction], stdio: StdioSink, context: HostContext
+        self,
+        host_functions: Sequence[HostFunction],
+        stdio: StdioSink,
+        context: HostContext,
+        *,
+        limits: InstanceLimits | None = None,
     ) -> WasmtimeInstance:
         self._check_imports(host_functions)
+        memory_limit = limits.memory_bytes if limits is not None else None
+        self._check_memory_limit(memory_limit)
         engine = self._engine.wasmtime_engine
         store = wasmtime.Store(engine)
+        if memory_limit is not None:
+            # wasmtime's store limiter: memory.grow past this returns -1 in the guest.
+            store.set_limits(memory_size=memory_limit)
         if self._engine.epoch_interruption:
             store.set_epoch_deadline(NEVER)
         store.set_wasi(wasmtime.WasiConfig())  # no preopens, no env, no args, no stdio
@@ -151,6 +179,15 @@ class WasmtimeModule:
             instance.close()
             raise AbiError(f"the module breaks guest ABI v1 while starting: {exc}") from None
         return instance
+
+    def _check_memory_limit(self, limit: int | None) -> None:
+        initial = self._initial_memory
+        if limit is not None and initial is not None and initial > limit:
+            raise DeployError(
+                f"the module's initial memory ({initial} bytes) is larger than the memory "
+                f"limit ({limit} bytes): raise the limit or build the module with less "
+                "initial memory"
+            )
 
     def _check_imports(self, host_functions: Sequence[HostFunction]) -> None:
         """Name the first import nothing will satisfy, before wasmtime's own less
