@@ -150,7 +150,9 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         abi_version=abi.ABI_VERSION,
         services=request.services,
         host_apis={ns: dict(cfg) for ns, cfg in project.host_apis.items()},
-        pool=PoolConfig(min=project.pool_min, max=project.pool_max),
+        pool=PoolConfig(min=project.pool_min, max=project.pool_max, queue=project.pool_queue),
+        actor=project.actor,
+        limits=project.limits,
         digests={},
         language=project.language,
     )

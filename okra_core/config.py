@@ -31,11 +31,51 @@ class RuntimeConfig:
     #: the guest is paused (its next `okra.abi.send` blocks until the caller reads).
     stream_buffer: int = 8
 
+    # -- limits: a manifest may ask for less, never for more (docs/actors.md) ---------
+    #: Largest linear memory of one instance.
+    max_memory_bytes: int = 256 * 1024 * 1024
+    #: Longest any one call may run; the guest is stopped then (DEADLINE_EXCEEDED).
+    max_call_seconds: float = 300.0
+    #: Largest request and response message.
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_response_bytes: int = 4 * 1024 * 1024
+    #: Callers that may wait for a busy service (per service, or per key of a keyed
+    #: service); more fail at once with RESOURCE_EXHAUSTED. The default when a manifest
+    #: says nothing, and the cap when it does.
+    default_queue: int = 100
+    max_queue: int = 10_000
+    #: Live activations of one keyed service: the default and the cap.
+    default_max_activations: int = 256
+    max_activations: int = 100_000
+    #: Idle time after which a keyed activation passivates, when its manifest says nothing.
+    default_keyed_idle_seconds: float = 300.0
+    #: Supervision: after an instance fails to start, new starts wait this long, doubling
+    #: with each further failure up to `max_restart_backoff`; calls meanwhile fail at
+    #: once with UNAVAILABLE and the reason.
+    restart_backoff: float = 0.1
+    max_restart_backoff: float = 30.0
+
     def __post_init__(self) -> None:
         if self.stream_buffer < 1:
             raise ConfigError(
                 f"stream_buffer must be at least 1 (messages), got {self.stream_buffer}"
             )
+        for name in (
+            "max_memory_bytes", "max_request_bytes", "max_response_bytes",
+            "max_activations", "default_max_activations",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("default_queue", "max_queue"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in (
+            "max_call_seconds", "default_keyed_idle_seconds", "restart_backoff",
+            "max_restart_backoff", "default_timeout",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value}")
 
     def allows(self, namespace: str) -> bool:
         return self.allowed_host_apis is None or namespace in self.allowed_host_apis

@@ -56,11 +56,23 @@ _KEYS = (
     "services",
     "host_apis",
     "pool",
+    "actor",
+    "limits",
     "digests",
     "extensions",
 )
 _REQUIRED = ("format", "name", "version", "abi_version", "services")
-_POOL_KEYS = ("min", "max")
+_POOL_KEYS = ("min", "max", "queue")
+_ACTOR_KEYS = ("kind", "key", "max_activations", "idle_seconds")
+_LIMIT_KEYS = ("memory_bytes", "timeout_seconds", "request_bytes", "response_bytes")
+
+#: Service kinds (`"actor": {"kind": ...}`); see docs/actors.md.
+REGULAR, SINGLETON, KEYED = "regular", "singleton", "keyed"
+KINDS = (REGULAR, SINGLETON, KEYED)
+QUEUE_MAX = 1_000_000
+ACTIVATIONS_MAX = 1_000_000
+#: A metadata key: lower-case header name characters (gRPC metadata keys are lower case).
+_METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -87,12 +99,21 @@ class PoolConfig:
 
     min: int = 1
     max: int = 4
+    #: Callers that may wait for an instance when all `max` are busy; beyond that a call
+    #: fails at once with RESOURCE_EXHAUSTED. None: the runtime's default.
+    queue: int | None = None
 
     def __post_init__(self) -> None:
         try:
             _check_pool(self.min, self.max)
+            _check_queue(self.queue)
         except _Invalid as exc:
             raise _fail(str(exc)) from None
+
+
+def _check_queue(value: Any) -> None:
+    if value is not None and (not _is_int(value) or not 0 <= value <= QUEUE_MAX):
+        raise _Invalid(f'"pool.queue" must be an integer from 0 to {QUEUE_MAX}, got {value!r}')
 
 
 def _check_pool(lo: Any, hi: Any) -> None:
@@ -102,6 +123,148 @@ def _check_pool(lo: Any, hi: Any) -> None:
         raise _Invalid(f'"pool.max" must be an integer from 1 to {POOL_MAX}, got {hi!r}')
     if lo > hi:
         raise _Invalid(f'"pool.min" ({lo}) is larger than "pool.max" ({hi}): lower min or raise max')
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySource:
+    """Where a keyed service finds a call's key: a request metadata key, or a top-level
+    field of the request message (present in every method's input, checked at deploy)."""
+
+    metadata: str | None = None
+    field: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.metadata is None) == (self.field is None):
+            raise _fail('"actor.key" takes exactly one of "metadata" and "field"')
+        if self.metadata is not None and (
+            not isinstance(self.metadata, str) or not _METADATA_KEY.fullmatch(self.metadata)
+            or self.metadata.endswith("-bin") or len(self.metadata) > NAME_MAX
+        ):
+            raise _fail(
+                f'"actor.key.metadata" must be a lower-case metadata key such as "x-user-id" '
+                f"(not a -bin key), got {self.metadata!r}"
+            )
+        if self.field is not None and (
+            not isinstance(self.field, str) or not _FUNCTION.fullmatch(self.field)
+        ):
+            raise _fail(f'"actor.key.field" must be a protobuf field name, got {self.field!r}')
+
+    def describe(self) -> str:
+        return f"metadata {self.metadata!r}" if self.metadata else f"request field {self.field!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorConfig:
+    """How the runtime places calls: any instance (regular), one instance (singleton) or
+    one instance per key (keyed), and when idle instances are released (passivation)."""
+
+    kind: str = REGULAR
+    #: Keyed services only: where the key comes from.
+    key: KeySource | None = None
+    #: Keyed services only: live activations at most (None: the runtime's default);
+    #: the least recently used idle one passivates first.
+    max_activations: int | None = None
+    #: Release the service's instances after this many seconds without calls (scale to
+    #: zero). None: never for regular services and singletons, the runtime's default for
+    #: keyed ones.
+    idle_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise _fail(f'"actor.kind" must be one of {", ".join(KINDS)}, got {self.kind!r}')
+        if self.kind == KEYED and self.key is None:
+            raise _fail(
+                '"actor.kind" is "keyed" but "actor.key" is missing: say where the key comes '
+                'from, e.g. "key": {"field": "user_id"} or "key": {"metadata": "x-user-id"}'
+            )
+        if self.kind != KEYED:
+            for name in ("key", "max_activations"):
+                if getattr(self, name) is not None:
+                    raise _fail(f'"actor.{name}" applies only to keyed services ("kind": "keyed")')
+        if self.key is not None and not isinstance(self.key, KeySource):
+            raise _fail(f'"actor.key" must be a KeySource, got {type(self.key).__name__}')
+        value = self.max_activations
+        if value is not None and (not _is_int(value) or not 1 <= value <= ACTIVATIONS_MAX):
+            raise _fail(
+                f'"actor.max_activations" must be an integer from 1 to {ACTIVATIONS_MAX}, '
+                f"got {value!r}"
+            )
+        _check_seconds("actor.idle_seconds", self.idle_seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.key is not None:
+            out["key"] = {"metadata": self.key.metadata} if self.key.metadata else {"field": self.key.field}
+        if self.max_activations is not None:
+            out["max_activations"] = self.max_activations
+        if self.idle_seconds is not None:
+            out["idle_seconds"] = self.idle_seconds
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> ActorConfig:
+        if not isinstance(data, dict):
+            raise _fail(f'"actor" must be an object like {{"kind": "singleton"}}, got {_json_type(data)}')
+        for key in data:
+            if key not in _ACTOR_KEYS:
+                raise _fail(f'unknown key "actor.{key}": "actor" takes {", ".join(_ACTOR_KEYS)}')
+        key = data.get("key")
+        if key is not None:
+            if not isinstance(key, dict) or set(key) - {"metadata", "field"} or len(key) != 1:
+                raise _fail(
+                    '"actor.key" must be {"field": "<request field>"} or '
+                    f'{{"metadata": "<metadata key>"}}, got {key!r}'
+                )
+            key = KeySource(metadata=key.get("metadata"), field=key.get("field"))
+        return cls(
+            kind=data.get("kind", REGULAR),
+            key=key,
+            max_activations=data.get("max_activations"),
+            idle_seconds=data.get("idle_seconds"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-service limits a package asks for; the operator's settings cap each one
+    (`RuntimeConfig`). None means the operator's value."""
+
+    #: Maximum linear memory of one instance; growth beyond it fails inside the guest.
+    memory_bytes: int | None = None
+    #: Hard execution deadline of one call (the caller's deadline may be shorter).
+    timeout_seconds: float | None = None
+    #: Largest request and response message (binary protobuf bytes).
+    request_bytes: int | None = None
+    response_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "request_bytes", "response_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise _fail(f'"limits.{name}" must be a positive integer, got {value!r}')
+        _check_seconds("limits.timeout_seconds", self.timeout_seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Limits:
+        if not isinstance(data, dict):
+            raise _fail(f'"limits" must be an object, got {_json_type(data)}')
+        for key in data:
+            if key not in _LIMIT_KEYS:
+                raise _fail(f'unknown key "limits.{key}": "limits" takes {", ".join(_LIMIT_KEYS)}')
+        return cls(**data)
+
+
+def _check_seconds(where: str, value: Any) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float))
+        or not 0 < value <= 1e9 or value != value
+    ):
+        raise _fail(f'"{where}" must be a number of seconds > 0, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +283,9 @@ class Manifest:
     #: Host API namespace -> its configuration; `"functions": [...]` narrows the grant.
     host_apis: dict[str, dict] = dataclasses.field(default_factory=dict)
     pool: PoolConfig = PoolConfig()
+    #: Service kind and passivation, for every service of the package (docs/actors.md).
+    actor: ActorConfig = ActorConfig()
+    limits: Limits = Limits()
     #: Member name -> `sha256:<hex>`; filled in by `write_package`.
     digests: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The guest language, informational only.
@@ -145,6 +311,10 @@ class Manifest:
         set_(self, "host_apis", _check_host_apis(self.host_apis))
         if not isinstance(self.pool, PoolConfig):
             raise _Invalid(f'"pool" must be a PoolConfig, got {type(self.pool).__name__}')
+        if not isinstance(self.actor, ActorConfig):
+            raise _Invalid(f'"actor" must be an ActorConfig, got {type(self.actor).__name__}')
+        if not isinstance(self.limits, Limits):
+            raise _Invalid(f'"limits" must be a Limits, got {type(self.limits).__name__}')
         set_(self, "digests", _check_digests(self.digests))
         if self.language is not None and (
             not isinstance(self.language, str) or not _NAME.fullmatch(self.language)
@@ -200,10 +370,11 @@ class Manifest:
             raise _Invalid(f'"pool" must be an object like {{"min": 1, "max": 4}}, got {_json_type(pool)}')
         for key in pool:
             if key not in _POOL_KEYS:
-                raise _Invalid(f'unknown key "pool.{key}": "pool" takes only "min" and "max"')
+                raise _Invalid(f'unknown key "pool.{key}": "pool" takes only "min", "max" and "queue"')
         defaults = PoolConfig()
         lo, hi = pool.get("min", defaults.min), pool.get("max", defaults.max)
         _check_pool(lo, hi)
+        _check_queue(pool.get("queue"))
         for key in ("host_apis", "digests", "extensions"):
             if key in data and not isinstance(data[key], dict):
                 raise _Invalid(f'"{key}" must be an object, got {_json_type(data[key])}')
@@ -213,7 +384,9 @@ class Manifest:
             abi_version=data["abi_version"],
             services=tuple(services),
             host_apis=data.get("host_apis", {}),
-            pool=PoolConfig(lo, hi),
+            pool=PoolConfig(lo, hi, pool.get("queue")),
+            actor=ActorConfig.from_json(data["actor"]) if "actor" in data else ActorConfig(),
+            limits=Limits.from_json(data["limits"]) if "limits" in data else Limits(),
             digests=data.get("digests", {}),
             language=data.get("language"),
             format=data["format"],
@@ -230,6 +403,12 @@ class Manifest:
         out["services"] = list(self.services)
         out["host_apis"] = _sorted(self.host_apis)
         out["pool"] = {"min": self.pool.min, "max": self.pool.max}
+        if self.pool.queue is not None:
+            out["pool"]["queue"] = self.pool.queue
+        if self.actor != ActorConfig():
+            out["actor"] = self.actor.to_json()
+        if self.limits != Limits():
+            out["limits"] = self.limits.to_json()
         out["digests"] = _sorted(self.digests)
         if self.extensions:
             out["extensions"] = _sorted(self.extensions)

@@ -14,6 +14,16 @@ services = ["greeter.v1.Greeter"]      # optional: default, every service in `pr
 [pool]
 min = 1
 max = 4
+queue = 64                             # callers that may wait when all are busy
+
+[actor]                                # optional: service kind and passivation (docs/actors.md)
+kind = "keyed"
+key = { field = "user_id" }
+idle_seconds = 300
+
+[limits]                               # optional: per-service limits (docs/actors.md)
+memory_bytes = 67108864
+timeout_seconds = 10
 ```
 """
 
@@ -26,7 +36,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from okra_core.errors import ConfigError
+from okra_core.errors import ConfigError, PackageError
+from okra_core.manifest import ActorConfig, Limits, _check_queue, _Invalid
 
 PROJECT_FILE = "okra.toml"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -44,6 +55,9 @@ class Project:
     host_apis: Mapping[str, Mapping[str, Any]]
     pool_min: int
     pool_max: int
+    pool_queue: int | None = None
+    actor: ActorConfig = ActorConfig()
+    limits: Limits = Limits()
 
     @property
     def dist_dir(self) -> pathlib.Path:
@@ -78,7 +92,7 @@ def load_project(path: str | pathlib.Path) -> Project:
         raise ConfigError(f"{file}: {exc}") from None
     where = str(file)
 
-    unknown = set(data) - {"service", "host_apis", "pool"}
+    unknown = set(data) - {"service", "host_apis", "pool", "actor", "limits"}
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}")
     service = _table(data, "service", where)
@@ -108,9 +122,18 @@ def load_project(path: str | pathlib.Path) -> Project:
     if not isinstance(host_apis, dict) or not all(isinstance(v, dict) for v in host_apis.values()):
         raise ConfigError(f'{where}: each host API is a table, e.g. [host_apis."okra.log"]')
     pool = _table(data, "pool", where, required=False)
-    unknown = set(pool) - {"min", "max"}
+    unknown = set(pool) - {"min", "max", "queue"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) in [pool]: {', '.join(sorted(unknown))} (known: min, max)")
+        raise ConfigError(
+            f"{where}: unknown key(s) in [pool]: {', '.join(sorted(unknown))} (known: min, max, queue)"
+        )
+    try:
+        _check_queue(pool.get("queue"))
+        actor = ActorConfig.from_json(_table(data, "actor", where, required=False))
+        limits = Limits.from_json(_table(data, "limits", where, required=False))
+    except (_Invalid, PackageError) as exc:
+        # The manifest's words ("actor.kind"), which are the table keys here too.
+        raise ConfigError(f"{where}: {str(exc).removeprefix('manifest: ')}") from None
     pool_min, pool_max = pool.get("min", 1), pool.get("max", 4)
     if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max and pool_max >= 1):
         raise ConfigError(f"{where}: pool needs 0 <= min <= max and max >= 1 (got {pool_min}, {pool_max})")
@@ -126,6 +149,9 @@ def load_project(path: str | pathlib.Path) -> Project:
         host_apis={k: dict(v) for k, v in host_apis.items()},
         pool_min=pool_min,
         pool_max=pool_max,
+        pool_queue=pool.get("queue"),
+        actor=actor,
+        limits=limits,
     )
 
 
