@@ -1,7 +1,11 @@
-"""The service actor: receives calls for one service and runs them on its worker pool.
+"""The service actor: receives calls for one service and runs them on its instances.
 
 Unary calls (`Invoke`) are answered with the output; server-streaming calls
-(`InvokeStream`, see `_streaming`) with a stream of messages.
+(`InvokeStream`, see `_streaming`) with a stream of messages. Where a call runs depends
+on the service's kind: any instance of the pool (regular), or its key's activation
+(keyed, and singleton: one activation), see `_activations`. Either way one call runs in
+one instance at a time, under the service's limits (`ServiceLimits`), and an instance
+that trapped, overran its deadline or broke the ABI is discarded.
 """
 
 from __future__ import annotations
@@ -10,14 +14,23 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from okra_core import abi
+from okra_core._activations import Activations
 from okra_core._streaming import DEFAULT_BUFFER, InvokeStream, ResponseStream, open_stream
+from okra_core._supervisor import Supervisor
 from okra_core._workers import CallRunner, InlineOverrun, WorkerThreads
-from okra_core.descriptors import ServiceSchema, parse_input
-from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
+from okra_core.callchain import CallChain, hop_name
+from okra_core.descriptors import MethodSchema, ServiceSchema, parse_input
+from okra_core.engine import GuestFault, GuestTimeout, GuestTrap, Instance
+from okra_core.hostapi import HostContext
+from okra_core.manifest import KeySource
 from okra_core.pool import WorkerPool
 from okra_core.status import RpcError, StatusCode
+
+#: Longest key a keyed service accepts (the key is kept while its activation lives).
+MAX_KEY_LENGTH = 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,17 +41,45 @@ class Invoke:
     payload: bytes
     metadata: Sequence[tuple[str, str]]
     deadline: float  # event-loop time
+    #: The chain of calls this one belongs to; None for a call from outside.
+    chain: CallChain | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceLimits:
+    """The limits one service runs under: the manifest's, capped by the operator's."""
+
+    call_seconds: float = 300.0
+    request_bytes: int = 4 * 1024 * 1024
+    response_bytes: int = 4 * 1024 * 1024
+
+
+class Guest:
+    """An instance and its HostContext (the host functions' view of the call)."""
+
+    __slots__ = ("instance", "context", "handle", "abi_version")
+
+    def __init__(self, instance: Instance, context: HostContext):
+        self.instance = instance
+        self.context = context
+        self.handle = instance.handle
+        self.abi_version = instance.abi_version
+
+    def close(self) -> None:
+        self.context.chain = None
+        self.instance.close()
 
 
 class ServiceActor:
-    """One per deployed service. Concurrent: its pool bounds how many calls run."""
+    """One per deployed service. Concurrent: its pool (or its activations) bound how
+    many calls run."""
 
     concurrency = None
 
     def __init__(
         self,
         schema: ServiceSchema,
-        pool: WorkerPool,
+        pool: WorkerPool | None,
         workers: WorkerThreads,
         runner: CallRunner,
         logger: logging.Logger,
@@ -46,9 +87,21 @@ class ServiceActor:
         validate_output: bool = True,
         abi_version: int = abi.ABI_VERSION,
         stream_buffer: int = DEFAULT_BUFFER,
+        activations: Activations | None = None,
+        key: KeySource | None = None,
+        limits: ServiceLimits = ServiceLimits(),
+        supervisor: Supervisor | None = None,
     ):
+        if (pool is None) == (activations is None):
+            raise ValueError("a service runs on a pool or on activations, not both")
         self.schema = schema
         self.pool = pool
+        #: Keyed services and singletons: an activation per key (one key for a singleton).
+        self.activations = activations
+        #: Where a keyed service's key comes from (None: a singleton, one key).
+        self.key = key
+        self.limits = limits
+        self.supervisor = supervisor
         self.workers = workers
         self.runner = runner
         self.log = logger
@@ -79,13 +132,7 @@ class ServiceActor:
                 f"{method.full_path} is a streaming method; Runtime.invoke serves unary methods "
                 "only (server-streaming methods: Runtime.invoke_stream)",
             )
-        try:
-            parse_input(method, message.payload)
-        except ValueError as exc:
-            raise RpcError(
-                StatusCode.INVALID_ARGUMENT,
-                f"request is not a valid {method.input.full_name}: {exc}",
-            ) from None
+        key = self.check_request(method, message.payload, message.metadata)
         envelope = abi.encode_request(
             self._prefixes[message.method],
             message.payload,
@@ -93,30 +140,29 @@ class ServiceActor:
         )
         loop = asyncio.get_running_loop()
         path = method.full_path
+        deadline = min(message.deadline, loop.time() + self.limits.call_seconds)
         while True:
-            instance = await self.pool.acquire(message.deadline - loop.time())
+            lease, guest = await self.lend(key, message.chain, deadline)
             outcome = loop.create_future()
 
-            def done(result, exc, instance=instance, outcome=outcome) -> None:
+            def done(result, exc, lease=lease, outcome=outcome) -> None:
                 # Runs on the loop when the guest is done, even if the caller gave up.
-                self._finished(instance, exc)
+                self.finished(lease, exc)
                 if not outcome.done():
                     if exc is None:
                         outcome.set_result(result)
                     else:
                         outcome.set_exception(exc)
 
-            self.runner.call(loop, done, _call_guest, instance, envelope, message.deadline)
+            self.runner.call(loop, done, _call_guest, guest, envelope, deadline)
             # An inline call is already done: no timer to set and cancel.
-            timer = None if outcome.done() else loop.call_at(message.deadline, _expire, outcome, path)
+            timer = None if outcome.done() else loop.call_at(deadline, _expire, outcome, path)
             try:
                 response = await outcome
             except InlineOverrun:
                 continue  # stopped on the loop; the service is back on threads: run it there
             except GuestTimeout:
-                raise RpcError(
-                    StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded; the guest was stopped"
-                ) from None
+                raise self.timeout_error(path, message.deadline, deadline) from None
             except GuestTrap as exc:
                 raise RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}") from None
             except GuestFault as exc:
@@ -128,6 +174,12 @@ class ServiceActor:
         output, code, text = response
         if code:
             raise RpcError(StatusCode.from_wire(code), text)
+        if len(output) > self.limits.response_bytes:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{path}: the response is {len(output)} bytes, over the service's limit of "
+                f"{self.limits.response_bytes} (limits.response_bytes)",
+            )
         if self.validate_output:
             try:
                 method.output_class.FromString(output)
@@ -138,19 +190,135 @@ class ServiceActor:
                 ) from None
         return output
 
-    def _finished(self, instance, exc: BaseException | None) -> None:
-        """Return the instance to the pool; discard it if the call failed."""
-        if isinstance(exc, (GuestTrap, GuestFault)):
-            self.log.warning("instance discarded: %s", exc)
-            self.pool.release(instance, discard=True)
+    # -- shared by unary and streaming calls ---------------------------------------------
+
+    def check_request(
+        self, method: MethodSchema, payload: bytes, metadata: Sequence[tuple[str, str]]
+    ) -> str | None:
+        """Check the request's size and type; return its key (None unless keyed)."""
+        if len(payload) > self.limits.request_bytes:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{method.full_path}: the request is {len(payload)} bytes, over the service's "
+                f"limit of {self.limits.request_bytes} (limits.request_bytes)",
+            )
+        key = self.key
+        if key is not None and key.field is not None:
+            try:
+                request = method.input_class.FromString(payload)
+            except Exception as exc:
+                raise RpcError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"request is not a valid {method.input.full_name}: {exc}",
+                ) from None
+            return self._key_value(getattr(request, key.field), f"request field {key.field!r}")
+        try:
+            parse_input(method, payload)
+        except ValueError as exc:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid {method.input.full_name}: {exc}",
+            ) from None
+        if key is None:
+            return None if self.activations is None else ""
+        name = key.metadata
+        for k, v in metadata:
+            if k.lower() == name:
+                return self._key_value(v, f"metadata {name!r}")
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT,
+            f"{self.schema.name} is a keyed service: send its key in metadata {name!r} "
+            f"(e.g. okra call -H '{name}: ...')",
+        )
+
+    def _key_value(self, value: Any, where: str) -> str:
+        if isinstance(value, bytes):
+            value = value.hex()
+        elif not isinstance(value, str):
+            value = str(int(value))  # integers, bools and enums
+        if not value:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"{where} is empty, but it is the key of {self.schema.name}: every call "
+                "needs a key",
+            )
+        if len(value) > MAX_KEY_LENGTH:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"{where} is {len(value)} characters long; a key has at most {MAX_KEY_LENGTH}",
+            )
+        return value
+
+    async def lend(self, key: str | None, chain: CallChain | None, deadline: float) -> tuple[Any, Guest]:
+        """An instance for one call (and the lease to give back to `finished`), with
+        the call's chain set on its context."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if self.activations is None:
+            guest = await self.pool.acquire(remaining)
+            guest.context.chain = None if chain is None else chain.then(self.schema.name)
+            return guest, guest
+        if chain is None:
+            chain = CallChain.new()
+        activation = await self.activations.acquire(key, chain, remaining)
+        guest = activation.instance
+        guest.context.chain = chain.then(hop_name(self.schema.name, key or None))
+        return activation, guest
+
+    def finished(self, lease: Any, exc: BaseException | None) -> None:
+        """Give an instance back; discard it if the call failed."""
+        discard = exc is not None
+        if isinstance(exc, InlineOverrun):
+            self.log.debug("instance discarded: %s", exc)
+        elif isinstance(exc, (GuestTrap, GuestFault)):
+            if self.supervisor is not None:
+                self.supervisor.trapped(str(exc))
+            else:
+                self.log.warning("instance discarded: %s", exc)
         elif exc is not None:
             self.log.error("instance discarded after a host error: %r", exc)
-            self.pool.release(instance, discard=True)
+            if self.supervisor is not None:
+                self.supervisor.trapped(f"host error: {exc!r}")
+        if self.activations is None:
+            self.pool.release(lease, discard=discard)
         else:
-            self.pool.release(instance)
+            self.activations.release(lease, discard=discard)
+
+    def timeout_error(self, path: str, asked: float, deadline: float) -> RpcError:
+        if deadline < asked:
+            return RpcError(
+                StatusCode.DEADLINE_EXCEEDED,
+                f"{path}: the guest was stopped at the service's time limit of "
+                f"{self.limits.call_seconds:g}s (limits.timeout_seconds)",
+            )
+        return RpcError(
+            StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded; the guest was stopped"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.pool is not None:
+            out["pool"] = dataclasses.asdict(self.pool.stats)
+        else:
+            out["activations"] = len(self.activations)
+            out["busy"] = self.activations.busy
+        if self.supervisor is not None:
+            out["events"] = dict(self.supervisor.counts)
+        return out
+
+    def passivate(self) -> int:
+        """Release every idle instance now; returns how many."""
+        if self.pool is not None:
+            before = self.pool.stats.idle
+            self.pool.passivate()
+            return before
+        return self.activations.passivate_idle()
 
     async def on_stop(self, grace: float) -> None:
-        await self.pool.close(grace=grace)
+        # Closing waits for lent instances, so for the running streams too.
+        if self.pool is not None:
+            await self.pool.close(grace=grace)
+        else:
+            await self.activations.close(grace=grace)
         for stream in list(self.streams):  # still running after the grace period
             stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")
         self.workers.close()
@@ -161,11 +329,11 @@ def _expire(outcome: asyncio.Future, path: str) -> None:
         outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"))
 
 
-def _call_guest(instance, envelope: bytes, deadline: float) -> tuple[bytes, int, str]:
+def _call_guest(guest: Guest, envelope: bytes, deadline: float) -> tuple[bytes, int, str]:
     """One call into the guest, stopped at `deadline` (loop time, which is monotonic
     time), then its envelope decoded (a malformed envelope is the guest's fault, so the
     instance is discarded)."""
-    response = instance.handle(envelope, deadline)
+    response = guest.handle(envelope, deadline)
     try:
         return abi.decode_response(response)
     except ValueError as exc:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from okra_core import abi
 from okra_core.descriptors import MethodSchema, parse_input
-from okra_core.engine import GuestFault, GuestTrap
+from okra_core.callchain import CallChain
+from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
 from okra_core.hostapi import HostError
 from okra_core.status import RpcError, StatusCode
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 #: How many messages of one stream may wait for a slow caller before the guest pauses.
 DEFAULT_BUFFER = 8
+#: How long after its deadline a streaming guest is stopped by the engine: time to see
+#: `send` fail and return cleanly, keeping its instance.
+STOP_GRACE = 0.25
 
 _END = object()  # the terminal state of a stream that ended well
 
@@ -42,6 +46,8 @@ class InvokeStream:
     payload: bytes
     metadata: Sequence[tuple[str, str]]
     deadline: float  # event-loop time
+    #: The chain of calls this one belongs to; None for a call from outside.
+    chain: CallChain | None = None
 
 
 class ResponseStream:
@@ -200,19 +206,15 @@ async def open_stream(actor: ServiceActor, message: InvokeStream) -> ResponseStr
             f"method {message.method} not found in service {schema.name}",
         )
     _check_streamable(method, actor.abi_version)
-    try:
-        parse_input(method, message.payload)
-    except ValueError as exc:
-        raise RpcError(
-            StatusCode.INVALID_ARGUMENT, f"request is not a valid {method.input.full_name}: {exc}"
-        ) from None
+    key = actor.check_request(method, message.payload, message.metadata)
     envelope = abi.encode_request(
         actor._prefixes[message.method],
         message.payload,
         abi.encode_metadata(message.metadata) if message.metadata else b"",
     )
     loop = asyncio.get_running_loop()
-    instance = await actor.pool.acquire(message.deadline - loop.time())
+    deadline = min(message.deadline, loop.time() + actor.limits.call_seconds)
+    lease, guest = await actor.lend(key, message.chain, deadline)
     stream = ResponseStream(
         loop,
         method.full_path,
@@ -224,16 +226,21 @@ async def open_stream(actor: ServiceActor, message: InvokeStream) -> ResponseStr
     def done(result: Any, exc: BaseException | None) -> None:
         # On the loop once the guest has returned, whether or not anyone still listens.
         actor.streams.discard(stream)
-        actor._finished(instance, exc)
-        stream.finish(_outcome(method, result, exc))
+        actor.finished(lease, exc)
+        if isinstance(exc, GuestTimeout):
+            stream.finish(actor.timeout_error(method.full_path, message.deadline, deadline))
+        else:
+            stream.finish(_outcome(method, result, exc))
 
     try:
-        actor.workers.submit(loop, done, _run_guest, instance, envelope, stream)
+        actor.workers.submit(
+            loop, done, _run_guest, guest, envelope, stream, deadline + STOP_GRACE
+        )
     except BaseException:
-        actor.pool.release(instance)
+        actor.finished(lease, None)
         raise
     actor.streams.add(stream)
-    stream.expire_at(message.deadline)
+    stream.expire_at(deadline)
     return stream
 
 
@@ -259,12 +266,15 @@ def _check_streamable(method: MethodSchema, abi_version: int) -> None:
         )
 
 
-def _run_guest(instance, envelope: bytes, stream: ResponseStream) -> tuple[bytes, int, str]:
+def _run_guest(
+    instance, envelope: bytes, stream: ResponseStream, deadline: float
+) -> tuple[bytes, int, str]:
     """Runs on a worker thread: the one call into the guest, with `okra.abi.send` bound
-    to `stream` for its duration."""
+    to `stream` for its duration. The engine stops a guest still running at `deadline`
+    (one that computes without sending would never see `send` fail)."""
     abi.bind_stream(stream)
     try:
-        response = instance.handle(envelope)
+        response = instance.handle(envelope, deadline)
     finally:
         abi.bind_stream(None)
     try:

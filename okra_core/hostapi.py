@@ -48,7 +48,7 @@ class HostContext:
     The engine sets `memory` when it creates the instance.
     """
 
-    __slots__ = ("service", "logger", "memory", "pending", "config")
+    __slots__ = ("service", "logger", "memory", "pending", "config", "chain")
 
     def __init__(self, service: str, logger: logging.Logger):
         self.service = service
@@ -58,6 +58,9 @@ class HostContext:
         self.pending: bytes | None = None
         #: Per-API configuration from the manifest, keyed by namespace.
         self.config: dict[str, Mapping[str, Any]] = {}
+        #: The call chain (`okra_core.callchain.CallChain`) of the call the instance is
+        #: running, for host functions that call other services; None between calls.
+        self.chain: Any = None
 
     def return_data(self, data: bytes, out_ptr: int, out_cap: int) -> int:
         """Deliver a variable-size result by the ABI convention: write it if it fits,

@@ -2,8 +2,13 @@
 
 Each call runs single-threaded inside one instance that the pool lends exclusively.
 The pool keeps `min` instances warm, grows to `max`, makes callers wait in arrival order
-(up to their deadline) when every instance is busy, and replaces instances that are
+(up to their deadline, and at most `queue` of them: the next one fails at once with
+RESOURCE_EXHAUSTED) when every instance is busy, and replaces instances that are
 returned as discarded (after a trap, an instance is in an unknown state).
+
+With `idle_seconds`, a pool that served no call for that long releases every instance,
+even below `min` (scale to zero); the next call waits while an instance starts, then the
+pool warms back to `min`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class PoolStats:
     waiting: int = 0
     created: int = 0
     discarded: int = 0
+    #: True while passivated (no instances until the next call).
+    passivated: bool = False
 
 
 @runtime_checkable
@@ -62,9 +69,21 @@ class InstancePool:
         max_size: int,
         run_blocking: Callable,
         name: str = "pool",
+        queue: int | None = None,
+        idle_seconds: float | None = None,
+        on_event: Callable[[str, str], None] | None = None,
     ):
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(f"invalid pool size min={min_size} max={max_size}")
+        if queue is not None and queue < 0:
+            raise ValueError(f"invalid pool queue {queue}")
+        #: Callers that may wait when every instance is busy; None: no bound.
+        self.queue = queue
+        self.idle_seconds = idle_seconds
+        self._on_event = on_event
+        self._passivated = False
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._create = create
         self._run_blocking = run_blocking
         self.min_size = min_size
@@ -83,7 +102,10 @@ class InstancePool:
     @property
     def stats(self) -> PoolStats:
         s = self._stats
-        return PoolStats(len(self._idle), self._busy, len(self._waiters), s.created, s.discarded)
+        return PoolStats(
+            len(self._idle), self._busy, len(self._waiters), s.created, s.discarded,
+            self._passivated,
+        )
 
     def adopt(self, instance: Instance) -> None:
         """Take an instance created elsewhere (the deploy's probe) as an idle one."""
@@ -110,9 +132,14 @@ class InstancePool:
         return instance
 
     async def acquire(self, timeout: float | None) -> Instance:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         if self._closed:
             raise RpcError(StatusCode.UNAVAILABLE, f"{self.name} is shutting down")
+        self._last_active = loop.time()
+        if self._passivated:
+            self._passivated = False
+            self._event("reactivated", "a call arrived")
+            self._replenish(self.min_size - 1)  # this call starts one itself
         while True:
             if self._idle:
                 instance = self._idle.pop()  # LIFO: the warmest instance
@@ -127,6 +154,12 @@ class InstancePool:
                         StatusCode.UNAVAILABLE, f"{self.name}: cannot start an instance: {exc}"
                     ) from exc
                 break
+            if self.queue is not None and len(self._waiters) >= self.queue:
+                raise RpcError(
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self.name}: all {self.max_size} instances are busy and {self.queue} "
+                    "calls are already waiting; try again later",
+                )
             handed = await self._wait(timeout)
             if handed is not None:
                 instance = handed
@@ -174,11 +207,41 @@ class InstancePool:
                 self._stats.discarded += 1
             if not self._closed:
                 if not self._wake_one(None) and self._size < self.min_size:
-                    self._replenish()
+                    self._replenish(1)
         elif not self._wake_one(instance):
             self._idle.append(instance)
-        if self._drained is not None and self._busy == 0:
-            self._drained.set()
+        if self._busy == 0:
+            if self._drained is not None:
+                self._drained.set()
+            if self.idle_seconds is not None and not self._closed:
+                assert self._loop is not None
+                self._last_active = now = self._loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = self._loop.call_at(now + self.idle_seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._closed or self._busy or self._waiters:
+            return  # the last release schedules the next check
+        assert self._loop is not None and self.idle_seconds is not None
+        due = self._last_active + self.idle_seconds
+        if self._loop.time() < due:
+            self._idle_timer = self._loop.call_at(due, self._check_idle)
+        else:
+            self.passivate()
+
+    def passivate(self) -> None:
+        """Release every idle instance now (scale to zero); the next call starts one."""
+        released = len(self._idle)
+        while self._idle:
+            self._destroy(self._idle.pop())
+        if released and not self._passivated:
+            self._passivated = True
+            self._event("passivated", f"{released} released after {self.idle_seconds}s idle")
+
+    def _event(self, name: str, detail: str) -> None:
+        if self._on_event is not None:
+            self._on_event(name, detail)
 
     def _destroy(self, instance: Instance) -> None:
         self._size -= 1
@@ -187,25 +250,31 @@ class InstancePool:
         except Exception:
             log.exception("%s: closing an instance failed", self.name)
 
-    def _replenish(self) -> None:
+    def _replenish(self, count: int) -> None:
+        """Start `count` instances in the background (to get back to `min`)."""
+
         async def replace() -> None:
             try:
                 instance = await self._new_instance()
             except Exception as exc:
-                log.warning("%s: could not replace an instance: %s", self.name, exc)
+                log.warning("%s: could not start an instance: %s", self.name, exc)
                 return
-            if self._closed:
+            if self._closed or self._passivated:
                 self._destroy(instance)
             elif not self._wake_one(instance):
                 self._idle.append(instance)
 
         assert self._loop is not None
-        task = self._loop.create_task(replace())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        for _ in range(count):
+            task = self._loop.create_task(replace())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def close(self, grace: float) -> None:
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -17,16 +17,19 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from okra_core import abi
-from okra_core._service import Invoke, ServiceActor
+from okra_core._activations import Activations
+from okra_core._service import Guest, Invoke, ServiceActor, ServiceLimits
 from okra_core._streaming import InvokeStream
+from okra_core._supervisor import Supervisor
 from okra_core._workers import CallRunner, WorkerThreads
 from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
+from okra_core.callchain import CallChain
 from okra_core.config import RuntimeConfig
 from okra_core.descriptors import ServiceSchema
-from okra_core.engine import CompiledModule, Engine, GuestTrap, Instance
+from okra_core.engine import CompiledModule, Engine, GuestTrap, InstanceLimits
 from okra_core.errors import AbiError, CapabilityError, DeployError, OkraError, PluginError
 from okra_core.hostapi import HostContext, HostFunction
-from okra_core.manifest import Manifest
+from okra_core.manifest import KEYED, REGULAR, SINGLETON, Manifest
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.pool import InstancePool
@@ -129,6 +132,26 @@ class Runtime:
             except Exception:
                 log.exception("runtime listener failed on %s %s", event, service)
 
+    def stats(self, service: str) -> dict[str, Any]:
+        """What a service's instances are doing and what happened to them: its kind, pool
+        (or activations) and supervision event counts (see docs/actors.md)."""
+        actor = self._actor(service)
+        return {"kind": self._kind(service), **actor.stats()}
+
+    def passivate(self, service: str) -> int:
+        """Release a service's idle instances now, as idle time would; the service stays
+        deployed and its next call starts an instance. Returns how many were released."""
+        return self._actor(service).passivate()
+
+    def _actor(self, service: str) -> ServiceActor:
+        owner = self._owner.get(service)
+        if owner is None:
+            raise DeployError(f"service {service} is not deployed")
+        return self._deployments[owner].actors[service]
+
+    def _kind(self, service: str) -> str:
+        return self._deployments[self._owner[service]].package.manifest.actor.kind
+
     # -- calls -----------------------------------------------------------------------
 
     async def invoke(
@@ -139,9 +162,14 @@ class Runtime:
         *,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float | None = None,
+        chain: CallChain | None = None,
     ) -> bytes:
         """Call `service`/`method` with a binary protobuf request; return the binary
-        response. Raises RpcError."""
+        response. Raises RpcError.
+
+        `chain` is the call chain of the calling guest (`HostContext.chain`), for calls
+        between services: a call that would come back into a busy singleton or keyed
+        activation of its own chain fails at once (FAILED_PRECONDITION)."""
         system = self._actor_system
         if system is None:
             raise RpcError(StatusCode.UNAVAILABLE, "runtime is not started")
@@ -154,7 +182,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.default_timeout if timeout is None else timeout)
         try:
-            return await ref.ask(Invoke(method, payload, metadata, deadline))
+            return await ref.ask(Invoke(method, payload, metadata, deadline, chain))
         except ActorStopped:
             raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
 
@@ -166,6 +194,7 @@ class Runtime:
         *,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float | None = None,
+        chain: CallChain | None = None,
     ) -> AsyncIterator[bytes]:
         """Call a server-streaming method: yields each response message (binary
         protobuf) as the guest produces it. Raises RpcError, before or after some
@@ -187,7 +216,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.default_timeout if timeout is None else timeout)
         try:
-            stream = await ref.ask(InvokeStream(method, payload, metadata, deadline))
+            stream = await ref.ask(InvokeStream(method, payload, metadata, deadline, chain))
         except ActorStopped:
             raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
         try:
@@ -212,19 +241,21 @@ class Runtime:
             check_exports(module)
             check_imports(module, grants, manifest.host_apis, self.config, manifest.abi_version)
             schemas = {name: package.schema(name) for name in manifest.services}
+            check_key_field(manifest, schemas)
 
+            previous = self._deployments.get(manifest.name)
             actors: dict[str, ServiceActor] = {}
             try:
                 for service in manifest.services:
+                    before = previous.actors.get(service) if previous is not None else None
                     actors[service] = await self._start_service(
-                        package, module, grants, schemas[service]
+                        package, module, grants, schemas[service], before
                     )
             except BaseException:
                 for actor in actors.values():
                     await actor.on_stop(0.0)
                 raise
 
-            previous = self._deployments.get(manifest.name)
             for service, actor in actors.items():
                 await self._actor_system.spawn(service, actor, replace=True)
             self._deployments[manifest.name] = Deployment(package, schemas, actors)
@@ -287,17 +318,26 @@ class Runtime:
         module: CompiledModule,
         grants: Mapping[str, HostFunction],
         schema: ServiceSchema,
+        predecessor: ServiceActor | None = None,
     ) -> ServiceActor:
         manifest = package.manifest
+        config = self.config
+        kind = manifest.actor.kind
         logger = logging.getLogger(f"okra.service.{schema.name}")
         functions = [*abi.abi_functions(manifest.abi_version), *grants.values()]
         configs = {ns: dict(cfg) for ns, cfg in manifest.host_apis.items()}
+        limits = manifest.limits
+        instance_limits = InstanceLimits(
+            memory_bytes=_capped(limits.memory_bytes, config.max_memory_bytes)
+        )
 
-        def create() -> Instance:
+        def create() -> Guest:
             context = HostContext(schema.name, logger)
             context.config = configs
             try:
-                instance = module.instantiate(functions, stdio_to_log(logger), context)
+                instance = module.instantiate(
+                    functions, stdio_to_log(logger), context, limits=instance_limits
+                )
             except GuestTrap as exc:
                 raise DeployError(f"{schema.name}: the module traps while starting: {exc}") from None
             version = instance.abi_version()
@@ -307,28 +347,81 @@ class Runtime:
                     f"module reports guest ABI version {version}, but its manifest says "
                     f"{manifest.abi_version}"
                 )
-            return instance
+            return Guest(instance, context)
 
-        max_size = min(manifest.pool.max, self.config.max_instances_per_service)
-        min_size = min(manifest.pool.min, max_size)
-        workers = WorkerThreads(max_size, name=f"okra:{schema.name}")
-        pool = InstancePool(
-            create, min_size=min_size, max_size=max_size, run_blocking=workers.run, name=schema.name
+        supervisor = Supervisor(
+            schema.name,
+            create,
+            logger,
+            backoff=config.restart_backoff,
+            max_backoff=config.max_restart_backoff,
         )
+        if kind == REGULAR:
+            max_size = min(manifest.pool.max, config.max_instances_per_service)
+            min_size = min(manifest.pool.min, max_size)
+        else:  # one instance per activation; activations run on these threads
+            max_size = 1 if kind == SINGLETON else min(
+                manifest.pool.max, config.max_instances_per_service
+            )
+            min_size = 0
+        workers = WorkerThreads(max_size, name=f"okra:{schema.name}")
+        queue = _capped(manifest.pool.queue, config.max_queue, config.default_queue)
+        idle = manifest.actor.idle_seconds
+        if idle is None and kind == KEYED:
+            idle = config.default_keyed_idle_seconds
         try:
             # The probe: one instance proves the module links, initialises and speaks
             # the ABI before the service is announced; it then serves as a warm one.
             probe = await workers.run(create)
-            pool.adopt(probe)
-            await pool.start()
+            supervisor.event("started", "deploy probe")
         except BaseException:
-            await pool.close(grace=0)
             workers.close()
             raise
-        # Inline calls are only for guests none of whose host functions may block.
+        pool = activations = None
+        if kind == REGULAR:
+            pool = InstancePool(
+                supervisor.start,
+                min_size=min_size,
+                max_size=max_size,
+                run_blocking=workers.run,
+                name=schema.name,
+                queue=queue,
+                idle_seconds=idle,
+                on_event=supervisor.event,
+            )
+            pool.adopt(probe)
+            try:
+                await pool.start()
+            except BaseException:
+                await pool.close(grace=0)
+                workers.close()
+                raise
+        else:
+            # A keyed service's instances belong to keys, and a singleton's one instance
+            # must not exist twice while the previous version finishes: no warm probe.
+            probe.close()
+            activations = Activations(
+                schema.name,
+                lambda: workers.run(supervisor.start),
+                max_activations=1 if kind == SINGLETON else _capped(
+                    manifest.actor.max_activations,
+                    config.max_activations,
+                    config.default_max_activations,
+                ),
+                queue=queue,
+                idle_seconds=idle,
+                on_event=supervisor.event,
+                predecessor=predecessor.activations if predecessor is not None else None,
+                singleton=kind == SINGLETON,
+            )
+        # Inline calls are only for guests none of whose host functions may block, and
+        # never for activations: stopping an inline call discards its instance, and an
+        # activation's instance holds its key's state.
         runner = CallRunner(
             workers,
-            inline_allowed=self.config.inline_calls and not any(f.blocking for f in functions),
+            inline_allowed=kind == REGULAR
+            and config.inline_calls
+            and not any(f.blocking for f in functions),
         )
         return ServiceActor(
             schema,
@@ -336,10 +429,54 @@ class Runtime:
             workers,
             runner,
             logger,
-            validate_output=self.config.validate_output,
+            validate_output=config.validate_output,
             abi_version=manifest.abi_version,
-            stream_buffer=self.config.stream_buffer,
+            stream_buffer=config.stream_buffer,
+            activations=activations,
+            key=manifest.actor.key,
+            limits=ServiceLimits(
+                call_seconds=_capped(limits.timeout_seconds, config.max_call_seconds),
+                request_bytes=_capped(limits.request_bytes, config.max_request_bytes),
+                response_bytes=_capped(limits.response_bytes, config.max_response_bytes),
+            ),
+            supervisor=supervisor,
         )
+
+
+def _capped(asked: Any, cap: Any, default: Any = None) -> Any:
+    """A manifest's setting under the operator's cap (`default`, else the cap, if unset)."""
+    if asked is None:
+        asked = cap if default is None else default
+    return min(asked, cap)
+
+
+def check_key_field(manifest: Manifest, schemas: Mapping[str, ServiceSchema]) -> None:
+    """A keyed service keyed by a request field needs that field, singular and scalar,
+    in the input of every method. Raises DeployError naming the method."""
+    key = manifest.actor.key
+    if manifest.actor.kind != KEYED or key is None or key.field is None:
+        return
+    for schema in schemas.values():
+        for method in schema.methods.values():
+            field = method.input_class.DESCRIPTOR.fields_by_name.get(key.field)
+            where = f"actor.key.field {key.field!r}: {method.full_path} takes {method.input.full_name}"
+            if field is None:
+                raise DeployError(
+                    f"{where}, which has no field {key.field!r}; every method of a keyed "
+                    "service needs the key field in its request"
+                )
+            if _is_repeated(field) or field.message_type is not None:
+                raise DeployError(
+                    f"{where}, whose field {key.field!r} is not a single scalar (a key is a "
+                    "string, an integer, a bool, an enum or bytes)"
+                )
+            if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
+                raise DeployError(f"{where}, whose field {key.field!r} is a float: not a key")
+
+
+def _is_repeated(field: Any) -> bool:
+    label = getattr(field, "label", None)
+    return label == field.LABEL_REPEATED if label is not None else bool(field.is_repeated)
 
 
 def grant_host_functions(
