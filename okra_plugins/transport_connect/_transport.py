@@ -14,6 +14,7 @@ from typing import Any
 
 from okra_core.errors import ConfigError
 from okra_core.metadata import normalize_allow
+from okra_core.units import parse_size
 
 from ._app import ConnectApp
 from ._codecs import BinaryCodec, JsonCodec
@@ -138,20 +139,3 @@ def _origins(value: Iterable[str] | str) -> list[str]:
     return origins
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
-
-
-def parse_size(value: int | str, option: str) -> int:
-    """Bytes from an int or a string like "4MiB"; a clear ConfigError otherwise."""
-    size = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.match(value)):
-        size = int(match[1]) * _UNITS[match[2] and match[2].lower()]
-    if size is None or not 0 < size < 2**31:
-        raise ConfigError(
-            f"{option} {value!r} is not a size between 1 byte and 2 GiB: "
-            'write a number of bytes or e.g. "4MiB"'
-        )
-    return size

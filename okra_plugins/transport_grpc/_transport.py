@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import grpc
 
 from okra_core.errors import ConfigError
 from okra_core.metadata import normalize_allow
+from okra_core.units import parse_size as _parse_size
 
 from ._health import Health
 from ._reflection import DynamicReflection, FileSet
@@ -143,25 +143,9 @@ class GrpcTransport:
         return list(current.values())
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
-
-
 def parse_size(value: int | str) -> int:
     """Bytes from an int or a string like "4MiB"; a clear ConfigError otherwise."""
-    if isinstance(value, bool):
-        size = None
-    elif isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        size = int(match[1]) * _UNITS[match[2] and match[2].lower()] if match else None
-    if size is None or not 0 < size < 2**31:
-        raise ConfigError(
-            f"max_message_size {value!r} is not a size between 1 byte and 2 GiB: "
-            'write a number of bytes or e.g. "4MiB"'
-        )
-    return size
+    return _parse_size(value, "max_message_size")
 
 
 def _join(host: str, port: int) -> str:
