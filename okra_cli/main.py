@@ -206,6 +206,15 @@ def server_options(command):
             help="Let browser pages from ORIGIN call the HTTP port (repeat; '*' for any). Off by default.",
         ),
         click.option(
+            "--max-memory", default="256MiB", show_default=True, metavar="SIZE",
+            help="Operator cap on one instance's linear memory (limits.memory_bytes asks for less).",
+        ),
+        click.option(
+            "--max-call-time", type=Seconds(min=0, min_open=True), default=300.0, show_default=True,
+            metavar="SECONDS",
+            help="Operator cap on how long one call may run; the guest is stopped then.",
+        ),
+        click.option(
             "--allow-host-api", "allowed", multiple=True, metavar="NAMESPACE",
             help="Operator policy: host APIs guests may be granted (repeat; default: all installed).",
         ),
@@ -226,18 +235,25 @@ def server_options(command):
 
 
 def _serve(
-    packages, *, host, grpc_port, http_port, max_message_size, allow_headers, cors_origins,
-    allowed, engine, cache_dir, log_level, grace, background=(),
+    packages, *, host, grpc_port, http_port, max_message_size, max_memory, max_call_time,
+    allow_headers, cors_origins, allowed, engine, cache_dir, log_level, grace, background=(),
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.serve import Listener, Server, serve_until_signalled
+    from okra_core.units import parse_size
 
     setup_logging(log_level)
     options = {"cache_dir": cache_dir} if cache_dir else {}
+    message_size = parse_size(max_message_size, "--max-message-size")
     config = RuntimeConfig(
         engine=engine,
         engine_options=options,
         allowed_host_apis=frozenset(allowed) if allowed else None,
+        max_memory_bytes=parse_size(max_memory, "--max-memory", maximum=4 * 1024**3),
+        max_call_seconds=max_call_time,
+        # The transports refuse larger messages first; the runtime agrees with them.
+        max_request_bytes=message_size,
+        max_response_bytes=message_size,
     )
     listeners = [
         Listener(
