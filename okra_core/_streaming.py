@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from okra_core import abi
-from okra_core.descriptors import MethodSchema, parse_input
+from okra_core.descriptors import MethodSchema
 from okra_core.callchain import CallChain
 from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
 from okra_core.hostapi import HostError
