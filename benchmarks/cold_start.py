@@ -1,0 +1,126 @@
+"""Cold start against warm calls, through the runtime, for the Go greeter.
+
+    python benchmarks/cold_start.py [--iterations N]
+
+Builds examples/greeter (Go, with `okra build`), deploys it into a `Runtime` with the
+compiled-module cache warm, and times `Runtime.invoke(SayHello)` in one run, alternating:
+
+- cold: `Runtime.passivate` first (the service's instances are released, as after its
+  idle time), so the call waits while an instance starts: instantiate the module, run
+  the Go runtime's `_initialize`, set up the request buffer, then the call itself.
+- warm: the same call on the instance the previous call left.
+
+Alternating keeps the machine's drift out of the ratio. Also printed: the same pair for
+the WAT echo guest (tests/fixtures/echo.wat), the cheapest module to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lang_go_support import message_classes  # noqa: E402
+from okra_core.build import build_project  # noqa: E402
+from okra_core.config import RuntimeConfig  # noqa: E402
+from okra_core.package import load_package  # noqa: E402
+from okra_core.runtime import Runtime  # noqa: E402
+from okra_core.manifest import PoolConfig  # noqa: E402
+from okra_core.package import Package  # noqa: E402
+from support import FIXTURES_DIR, compile_protos, make_manifest  # noqa: E402
+
+import wasmtime  # noqa: E402
+
+ECHO_PROTO = """
+syntax = "proto3";
+package bench.v1;
+message Blob { bytes data = 1; }
+service Echo { rpc Echo(Blob) returns (Blob); }
+"""
+
+
+def echo_package(workspace: pathlib.Path) -> Package:
+    descriptors = compile_protos(workspace / "protos", {"bench/v1/echo.proto": ECHO_PROTO})
+    manifest = make_manifest(
+        name="echo", services=("bench.v1.Echo",), host_apis={}, pool=PoolConfig(1, 1)
+    )
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
+    return Package.from_parts(manifest=manifest, wasm=wasm, descriptor_set=descriptors)
+
+
+async def pair(runtime: Runtime, service: str, method: str, payload: bytes, n: int):
+    cold, warm = [], []
+    for _ in range(20):  # warm-up: caches, allocator, the first instantiations
+        runtime.passivate(service)
+        await runtime.invoke(service, method, payload)
+        await runtime.invoke(service, method, payload)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n):
+            runtime.passivate(service)
+            start = time.perf_counter()
+            await runtime.invoke(service, method, payload)
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await runtime.invoke(service, method, payload)
+            warm.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return cold, warm
+
+
+def report(label: str, cold: list[float], warm: list[float]) -> None:
+    def q(samples, p):
+        return statistics.quantiles(samples, n=100)[p - 1] * 1e3
+
+    c, w = statistics.median(cold) * 1e3, statistics.median(warm) * 1e3
+    print(
+        f"{label:<28} cold median {c:7.3f} ms  p90 {q(cold, 90):7.3f} ms | "
+        f"warm median {w:7.3f} ms  p90 {q(warm, 90):7.3f} ms | cold/warm {c / w:5.1f}x"
+    )
+
+
+async def run(iterations: int, workspace: pathlib.Path) -> None:
+    project = workspace / "greeter"
+    shutil.copytree(ROOT / "examples" / "greeter", project, ignore=shutil.ignore_patterns("dist", ".okra", "gen"))
+    build_project(project)
+    greeter = load_package(next((project / "dist").glob("*.okra.pkg")))
+    hello = message_classes(greeter.descriptor_set)("greeter.v1.HelloRequest")(name="Ada")
+    config = RuntimeConfig(engine_options={"cache_dir": str(workspace / "cache")})
+    async with Runtime(config) as runtime:
+        await runtime.deploy(greeter)
+        await runtime.deploy(echo_package(workspace))
+        logging.getLogger("okra.service").setLevel(logging.WARNING)
+        echo = runtime.schema("bench.v1.Echo").methods["Echo"].input_class(data=b"x" * 100)
+        report("go greeter SayHello", *await pair(
+            runtime, "greeter.v1.Greeter", "SayHello", hello.SerializeToString(), iterations
+        ))
+        report("wat echo Echo (100 B)", *await pair(
+            runtime, "bench.v1.Echo", "Echo", echo.SerializeToString(), iterations
+        ))
+        stats = runtime.stats("greeter.v1.Greeter")["events"]
+        print(f"greeter events: {stats}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(args.iterations, pathlib.Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
