@@ -19,9 +19,14 @@ from typing import Any
 
 from okra_core.errors import PackageError
 
-#: The manifest format this module reads and writes.
-MANIFEST_FORMAT = 1
-SUPPORTED_FORMATS = frozenset({MANIFEST_FORMAT})
+#: The newest manifest format this module reads and writes. Format 2 added "actor",
+#: "limits" and "pool.queue"; a manifest that uses none of them is written as format 1,
+#: so older readers still load it.
+MANIFEST_FORMAT = 2
+SUPPORTED_FORMATS = frozenset({1, 2})
+#: Keys (top-level, or "pool.<key>") that arrived with a format, for the error that says
+#: which format to declare.
+_SINCE = {"actor": 2, "limits": 2, "pool.queue": 2}
 
 #: The members of an `.okra.pkg`, and the ones whose digests the manifest records.
 MANIFEST_MEMBER = "okra.service.json"
@@ -290,7 +295,8 @@ class Manifest:
     digests: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The guest language, informational only.
     language: str | None = None
-    format: int = MANIFEST_FORMAT
+    #: The format; None picks the lowest that can express this manifest.
+    format: int | None = None
     #: Metadata for other tools, never interpreted by OKRA (any JSON values).
     extensions: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -302,7 +308,14 @@ class Manifest:
 
     def _validate(self) -> None:
         set_ = object.__setattr__
+        needed = self._needed_format()
+        if self.format is None:
+            set_(self, "format", needed)
         _check_format(self.format)
+        if self.format < needed:
+            raise _Invalid(
+                f'format {self.format} has no {self._newer_keys()}: declare "format": {needed}'
+            )
         _check_name(self.name)
         _check_version(self.version)
         if not _is_int(self.abi_version) or self.abi_version < 1:
@@ -324,6 +337,22 @@ class Manifest:
                 f'"language" must be a lower-case name such as "go", got {self.language!r}'
             )
         set_(self, "extensions", _check_extensions(self.extensions))
+
+    def _uses(self) -> list[str]:
+        used = []
+        if isinstance(self.actor, ActorConfig) and self.actor != ActorConfig():
+            used.append("actor")
+        if isinstance(self.limits, Limits) and self.limits != Limits():
+            used.append("limits")
+        if isinstance(self.pool, PoolConfig) and self.pool.queue is not None:
+            used.append("pool.queue")
+        return used
+
+    def _needed_format(self) -> int:
+        return max((_SINCE[key] for key in self._uses()), default=1)
+
+    def _newer_keys(self) -> str:
+        return ", ".join(f'"{key}"' for key in self._uses())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:

@@ -12,6 +12,11 @@
 #   language, digests (members, format).
 # - JSON-level defects: syntax errors with line and column, duplicated keys, NaN, a
 #   non-object document, bytes that are not UTF-8.
+# - Format 2 (docs/actors.md): "actor" (kind, key from metadata or field, max_activations,
+#   idle_seconds), "limits" and "pool.queue" round-trip; each rule has its message (keyed
+#   without key, key on a regular service, both key sources, bad values, unknown keys);
+#   format 1 with them says to declare format 2; a manifest without them is written as
+#   format 1 (older readers still load it), one with them as format 2.
 # - Constructing a Manifest directly validates the same way and copies its dictionaries.
 # - Every error is a PackageError with a one-line message starting with "manifest:".
 
@@ -23,7 +28,7 @@ import json
 import pytest
 
 from okra_core.errors import PackageError
-from okra_core.manifest import Manifest, PoolConfig, sha256_digest
+from okra_core.manifest import ActorConfig, KeySource, Limits, Manifest, PoolConfig, sha256_digest
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -143,9 +148,9 @@ def test_format_must_be_an_integer(value):
 
 
 def test_newer_format_asks_to_upgrade_even_with_unknown_keys():
-    data = with_(format=2)
+    data = with_(format=3)
     data["quota"] = {"cpu": 1}
-    rejected(data, "format 2 is newer", "upgrade okra")
+    rejected(data, "format 3 is newer", "upgrade okra")
 
 
 def test_unknown_older_format_is_rejected():
@@ -408,3 +413,100 @@ def test_constructor_rejects_non_json_config():
     with pytest.raises(PackageError, match="must hold only JSON values"):
         Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",),
                  host_apis={"okra.log": {"level": object()}})
+
+
+# -- format 2: actor, limits, pool.queue ---------------------------------------------------
+
+
+def format2(**changes) -> dict:
+    return with_(format=2, **changes)
+
+
+def test_actor_limits_and_queue_round_trip_as_format_2():
+    data = format2(
+        actor={"kind": "keyed", "key": {"field": "user_id"}, "max_activations": 10, "idle_seconds": 2.5},
+        limits={"memory_bytes": 1 << 24, "timeout_seconds": 3, "request_bytes": 100, "response_bytes": 200},
+        pool={"min": 0, "max": 2, "queue": 5},
+    )
+    manifest = load(data)
+    assert manifest.actor == ActorConfig("keyed", KeySource(field="user_id"), 10, 2.5)
+    assert manifest.limits == Limits(1 << 24, 3, 100, 200)
+    assert manifest.pool == PoolConfig(0, 2, 5)
+    assert manifest.format == 2
+    again = Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert json.loads(manifest.to_json())["actor"]["key"] == {"field": "user_id"}
+
+
+def test_metadata_key_and_singleton_round_trip():
+    keyed = load(format2(actor={"kind": "keyed", "key": {"metadata": "x-user"}}))
+    assert keyed.actor.key == KeySource(metadata="x-user")
+    singleton = load(format2(actor={"kind": "singleton", "idle_seconds": 60}))
+    assert Manifest.from_json(singleton.to_json()).actor == ActorConfig("singleton", idle_seconds=60)
+
+
+def test_manifest_without_new_keys_is_written_as_format_1():
+    manifest = Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",))
+    assert manifest.format == 1
+    assert json.loads(manifest.to_json())["format"] == 1
+    singleton = Manifest(
+        name="a", version="1.0.0", abi_version=1, services=("a.B",), actor=ActorConfig("singleton")
+    )
+    assert json.loads(singleton.to_json())["format"] == 2
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"actor": {"kind": "singleton"}}, 'format 1 has no "actor": declare "format": 2'),
+        ({"limits": {"memory_bytes": 10}}, 'format 1 has no "limits"'),
+        ({"pool": {"min": 1, "max": 2, "queue": 3}}, 'format 1 has no "pool.queue"'),
+    ],
+)
+def test_format_1_with_format_2_keys_says_which_format_to_declare(changes, fragment):
+    rejected(with_(**changes), fragment)
+
+
+@pytest.mark.parametrize(
+    "actor, fragments",
+    [
+        ({"kind": "keyed"}, ['"actor.key" is missing', '{"field": "user_id"}']),
+        ({"kind": "stateful"}, ['"actor.kind" must be one of regular, singleton, keyed']),
+        ({"kind": "singleton", "key": {"field": "a"}}, ['"actor.key" applies only to keyed']),
+        ({"max_activations": 3}, ['"actor.max_activations" applies only to keyed']),
+        ({"kind": "keyed", "key": {"field": "a", "metadata": "b"}}, ['"actor.key" must be']),
+        ({"kind": "keyed", "key": {}}, ['"actor.key" must be']),
+        ({"kind": "keyed", "key": "user_id"}, ['"actor.key" must be']),
+        ({"kind": "keyed", "key": {"metadata": "X-User"}}, ['"actor.key.metadata" must be a lower-case']),
+        ({"kind": "keyed", "key": {"metadata": "token-bin"}}, ["not a -bin key"]),
+        ({"kind": "keyed", "key": {"field": "a.b"}}, ['"actor.key.field" must be a protobuf field name']),
+        ({"kind": "keyed", "key": {"field": "a"}, "max_activations": 0}, ['"actor.max_activations" must be']),
+        ({"idle_seconds": 0}, ['"actor.idle_seconds" must be a number of seconds > 0']),
+        ({"idle_seconds": True}, ['"actor.idle_seconds" must be']),
+        ({"idle_seconds": "5"}, ['"actor.idle_seconds" must be']),
+        ({"passivate": 5}, ['unknown key "actor.passivate"']),
+    ],
+)
+def test_actor_rules(actor, fragments):
+    rejected(format2(actor=actor), *fragments)
+
+
+@pytest.mark.parametrize(
+    "limits, fragment",
+    [
+        ({"memory_bytes": 0}, '"limits.memory_bytes" must be a positive integer'),
+        ({"memory_bytes": 1.5}, '"limits.memory_bytes" must be a positive integer'),
+        ({"request_bytes": -1}, '"limits.request_bytes" must be a positive integer'),
+        ({"timeout_seconds": -1}, '"limits.timeout_seconds" must be a number of seconds > 0'),
+        ({"memory": 5}, 'unknown key "limits.memory"'),
+        ([], '"limits" must be an object'),
+    ],
+)
+def test_limit_rules(limits, fragment):
+    rejected(format2(limits=limits), fragment)
+
+
+def test_pool_queue_rules():
+    rejected(format2(pool={"max": 2, "queue": -1}), '"pool.queue" must be an integer from 0')
+    rejected(format2(pool={"max": 2, "queue": "5"}), '"pool.queue" must be an integer from 0')
+    assert load(format2(pool={"max": 2, "queue": 0})).pool.queue == 0
