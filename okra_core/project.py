@@ -159,8 +159,10 @@ def _table(data: Mapping[str, Any], key: str, where: str, required: bool = True)
     value = data.get(key)
     if value is None and not required:
         return {}
-    if not isinstance(value, dict):
+    if value is None:
         raise ConfigError(f"{where}: missing [{key}] table")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a table, e.g. [{key}] on a line of its own")
     return value
 
 

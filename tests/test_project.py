@@ -3,7 +3,9 @@
 # - a valid project loads with defaults (pool 1..4, services None = all).
 # - the project is found from a subdirectory (like git finds its repository).
 # - each defect gives a ConfigError naming the file and what to fix: no okra.toml,
-#   bad TOML, missing [service], bad name, missing proto file, unknown keys, bad pool.
+#   bad TOML, missing [service], bad name, missing proto file, unknown keys, bad pool,
+#   bad [actor] / [limits] tables (in the manifest's words, without "manifest:").
+# - [actor], [limits] and pool.queue load into the project and reach the built manifest.
 # - compile_descriptors includes imports (well-known types) and source info (comments),
 #   and reports protoc errors.
 # - declared_services lists services of the project's own files only.
@@ -51,6 +53,20 @@ def test_valid_project_loads_with_defaults(tmp_path):
     assert project.package_path == tmp_path / "dist" / "demo-1.2.3.okra.pkg"
 
 
+def test_actor_limits_and_queue_load_from_okra_toml(tmp_path):
+    from okra_core.manifest import ActorConfig, KeySource, Limits
+
+    config = CONFIG + (
+        "[pool]\nmax = 2\nqueue = 7\n"
+        '[actor]\nkind = "keyed"\nkey = { metadata = "x-user" }\nidle_seconds = 30\n'
+        "[limits]\nmemory_bytes = 1048576\ntimeout_seconds = 2.5\n"
+    )
+    project = load_project(make_project(tmp_path, config))
+    assert project.pool_queue == 7
+    assert project.actor == ActorConfig("keyed", KeySource(metadata="x-user"), idle_seconds=30)
+    assert project.limits == Limits(memory_bytes=1048576, timeout_seconds=2.5)
+
+
 def test_project_is_found_from_a_subdirectory(tmp_path):
     make_project(tmp_path)
     assert load_project(tmp_path / "proto" / "demo").dir == tmp_path
@@ -74,6 +90,11 @@ def test_missing_project_file_says_how_to_create_one(tmp_path):
         (CONFIG + "[pool]\nmni = 2\n", r"unknown key\(s\) in \[pool\]: mni"),
         (CONFIG.replace('version = "1.2.3"', ""), "needs version"),
         (CONFIG + '[host_apis]\n"okra.log" = 3\n', "each host API is a table"),
+        (CONFIG + '[actor]\nkind = "keyed"\n', r'okra.toml: "actor.kind" is "keyed" but "actor.key" is missing'),
+        (CONFIG + '[actor]\nkind = "solo"\n', r'"actor.kind" must be one of regular, singleton, keyed'),
+        (CONFIG + "[limits]\nmemory = 1\n", r'unknown key "limits.memory"'),
+        (CONFIG + "[pool]\nqueue = -1\n", r'"pool.queue" must be an integer'),
+        ("actor = 3\n" + CONFIG, r"actor must be a table, e.g. \[actor\]"),
     ],
 )
 def test_each_config_defect_is_a_clear_error(tmp_path, config, message):
