@@ -13,12 +13,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from okra_core import abi
 from okra_core._activations import Activations
-from okra_core._streaming import DEFAULT_BUFFER, InvokeStream, ResponseStream, open_stream
+from okra_core._streaming import (
+    DEFAULT_BUFFER,
+    CallExpired,
+    InvokeStream,
+    ResponseStream,
+    open_stream,
+)
 from okra_core._supervisor import Supervisor
 from okra_core._workers import CallRunner, InlineOverrun, WorkerThreads
 from okra_core.callchain import CallChain, hop_name
@@ -161,6 +168,8 @@ class ServiceActor:
                 response = await outcome
             except InlineOverrun:
                 continue  # stopped on the loop; the service is back on threads: run it there
+            except CallExpired:
+                raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded") from None
             except GuestTimeout:
                 raise self.timeout_error(path, message.deadline, deadline) from None
             except GuestTrap as exc:
@@ -266,8 +275,10 @@ class ServiceActor:
 
     def finished(self, lease: Any, exc: BaseException | None) -> None:
         """Give an instance back; discard it if the call failed."""
-        discard = exc is not None
-        if isinstance(exc, InlineOverrun):
+        discard = exc is not None and exc.__class__ is not CallExpired
+        if not discard:
+            pass  # a good call, or one that never entered the guest
+        elif isinstance(exc, InlineOverrun):
             self.log.debug("instance discarded: %s", exc)
         elif isinstance(exc, (GuestTrap, GuestFault)):
             if self.supervisor is not None:
@@ -333,6 +344,8 @@ def _call_guest(guest: Guest, envelope: bytes, deadline: float) -> tuple[bytes, 
     """One call into the guest, stopped at `deadline` (loop time, which is monotonic
     time), then its envelope decoded (a malformed envelope is the guest's fault, so the
     instance is discarded)."""
+    if time.monotonic() >= deadline:
+        raise CallExpired()  # waited too long for a worker thread: do not enter the guest
     response = guest.handle(envelope, deadline)
     try:
         return abi.decode_response(response)

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,11 @@ from okra_core.status import RpcError, StatusCode
 
 if TYPE_CHECKING:
     from okra_core._service import ServiceActor
+
+
+class CallExpired(Exception):
+    """The call's deadline passed before a worker thread could start it; the guest was
+    never entered, so its instance (and a singleton's or a key's state) is kept."""
 
 #: How many messages of one stream may wait for a slow caller before the guest pauses.
 DEFAULT_BUFFER = 8
@@ -272,6 +278,8 @@ def _run_guest(
     """Runs on a worker thread: the one call into the guest, with `okra.abi.send` bound
     to `stream` for its duration. The engine stops a guest still running at `deadline`
     (one that computes without sending would never see `send` fail)."""
+    if time.monotonic() >= deadline:
+        raise CallExpired()  # waited too long for a worker thread: do not enter the guest
     abi.bind_stream(stream)
     try:
         response = instance.handle(envelope, deadline)
@@ -286,6 +294,8 @@ def _run_guest(
 def _outcome(method: MethodSchema, result: Any, exc: BaseException | None) -> RpcError | None:
     """How the call ended, from the guest's final envelope or its failure."""
     path = method.full_path
+    if isinstance(exc, CallExpired):
+        return RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded")
     if isinstance(exc, GuestTrap):
         return RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}")
     if isinstance(exc, GuestFault):
