@@ -139,7 +139,18 @@ class ServiceActor:
                 f"{method.full_path} is a streaming method; Runtime.invoke serves unary methods "
                 "only (server-streaming methods: Runtime.invoke_stream)",
             )
-        key = self.check_request(method, message.payload, message.metadata)
+        payload = message.payload
+        if self.pool is not None and len(payload) <= self.limits.request_bytes:
+            key = None  # the common case, inline: a regular service's request in bounds
+            try:
+                parse_input(method, payload)
+            except ValueError as exc:
+                raise RpcError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"request is not a valid {method.input.full_name}: {exc}",
+                ) from None
+        else:
+            key = self.check_request(method, payload, message.metadata)
         envelope = abi.encode_request(
             self._prefixes[message.method],
             message.payload,
@@ -148,8 +159,14 @@ class ServiceActor:
         loop = asyncio.get_running_loop()
         path = method.full_path
         deadline = min(message.deadline, loop.time() + self.limits.call_seconds)
+        pool = self.pool
         while True:
-            lease, guest = await self.lend(key, message.chain, deadline)
+            if pool is not None:  # the common case, inline: no coroutine for `lend`
+                lease = guest = await pool.acquire(deadline - loop.time())
+                chain = message.chain
+                guest.context.chain = None if chain is None else chain.then(self.schema.name)
+            else:
+                lease, guest = await self.lend(key, message.chain, deadline)
             outcome = loop.create_future()
 
             def done(result, exc, lease=lease, outcome=outcome) -> None:
