@@ -40,6 +40,12 @@
 #   - each instance's host functions see that instance's HostContext
 #   - ctx.memory is a bounds-checked GuestMemory, refusing access once its instance
 #     is closed or dropped
+#   - i64 and f64 arguments and an i64 result cross intact (i32 arguments arrive
+#     unsigned)
+#   - instances sharing a module's linker (same host functions) each reach their own
+#     host functions and stdio sink; a module linked with another set of functions
+#     calls those; an instance outlives its linker's eviction from the module's cache
+#   - closed and dropped instances leave nothing behind in the callback state table
 # WASI
 #   - fd_write to stdout/stderr reaches the stdio sink (also from _initialize), in
 #     order, with iovecs gathered; other fds are EBADF
@@ -72,6 +78,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import logging
 import os
@@ -101,7 +108,7 @@ from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.plugins import Registry
 from okra_core.status import StatusCode
 from okra_plugins import engine_wasmtime
-from okra_plugins.engine_wasmtime import _cache, _engine
+from okra_plugins.engine_wasmtime import _cache, _callers, _engine
 from okra_plugins.engine_wasmtime._engine import WasmtimeEngine, create_engine
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -554,6 +561,78 @@ def test_context_memory_is_a_bounds_checked_guest_memory(engine):
     instance.close()
     with pytest.raises(HostError):
         memory.read(0, 1)
+
+
+MIXED_WAT = """(module
+  (import "okra.test" "mix" (func $mix (param i32 i64 f64) (result i64)))
+  (memory (export "memory") 2)
+  (func (export "okra_abi_version") (result i32) (i32.const 1))
+  (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))
+  ;; Response{output: <mix(-1, -5, 2.5) as i64 LE>} at 16
+  (func (export "okra_handle") (param i32 i32) (result i64)
+    (i32.store16 (i32.const 16) (i32.const 0x080a))
+    (i64.store (i32.const 18) (call $mix (i32.const -1) (i64.const -5) (f64.const 2.5)))
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 10))))"""
+
+
+def test_i64_and_f64_values_cross_intact(engine):
+    seen = []
+
+    def mix(ctx, a, b, c):
+        seen.append((a, b, c))
+        return -(1 << 40)
+
+    function = HostFunction("okra.test", "mix", ("i32", "i64", "f64"), mix, results=("i64",))
+    module = engine.compile(wasmtime.wat2wasm(MIXED_WAT))
+    instance = module.instantiate([function], Sink(), new_context())
+    output = abi.decode_response(instance.handle(request(b"")))[0]
+    assert int.from_bytes(output, "little", signed=True) == -(1 << 40)
+    assert seen == [(0xFFFFFFFF, -5, 2.5)]
+
+
+def test_instances_sharing_a_linker_keep_their_own_context_and_stdio(engine):
+    sinks = [Sink(), Sink()]
+    instances = [start(engine, "stdout", stdio=sink) for sink in sinks]
+    instances[1].handle(request(b""))
+    assert sinks[0].chunks == [(1, b"init\n")]
+    assert sinks[1].chunks == [(1, b"init\n"), (1, b"hello stdout\n"), (2, b"oops\n")]
+    instances[0].close()
+    instances[1].handle(request(b""))  # the other instance's closing took nothing away
+    assert len(sinks[1].chunks) == 5
+
+
+def test_one_module_linked_with_different_functions_calls_each_its_own(engine):
+    def twice(ctx, ptr, length, out_ptr, out_cap):
+        _, _, payload, _ = abi.decode_request(ctx.memory.read(ptr, length))
+        return ctx.return_data(payload * 2, out_ptr, out_cap)
+
+    other = HostFunction("okra.test", "repeat", REPEAT.params, twice)
+    thrice = start(engine, "hostcall", [*abi.abi_functions(), REPEAT])
+    doubled = start(engine, "hostcall", [*abi.abi_functions(), other])
+    assert abi.decode_response(thrice.handle(request(b"ab")))[0] == b"ababab"
+    assert abi.decode_response(doubled.handle(request(b"ab")))[0] == b"abab"
+
+
+def test_instance_outlives_its_linker_leaving_the_module_cache(engine):
+    instance, _ = start_hostcall(engine)
+    for n in range(12):  # more function sets than a module keeps linked
+        function = HostFunction("okra.test", "repeat", REPEAT.params, lambda *a, n=n: n)
+        start(engine, "hostcall", [*abi.abi_functions(), function]).close()
+    gc.collect()
+    assert abi.decode_response(instance.handle(request(b"ab")))[0] == b"ababab"
+
+
+def test_closed_and_dropped_instances_leave_no_callback_state(engine):
+    gc.collect()
+    before = len(_callers.STATES)
+    instances = [start_hostcall(engine)[0] for _ in range(5)]
+    assert len(_callers.STATES) == before + 5
+    for instance in instances[:3]:
+        instance.close()
+    del instance
+    instances.clear()  # the other two are dropped without close()
+    gc.collect()
+    assert len(_callers.STATES) == before
 
 
 # -- WASI -----------------------------------------------------------------------------

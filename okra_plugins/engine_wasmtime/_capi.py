@@ -34,6 +34,19 @@ memory_data = _lean("wasmtime_memory_data")
 #: (context*, memory*) -> size_t bytes
 memory_data_size = _lean("wasmtime_memory_data_size", ctypes.c_size_t)
 
+#: (context*, wasmtime_instance_t*, name, name length, wasmtime_extern_t* out) -> found
+_instance_export_get = _lean("wasmtime_instance_export_get", ctypes.c_bool)
+_instance_export_get.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+]
+#: `wasmtime_extern_t.kind` of a function and of a memory.
+EXTERN_FUNC = 0
+EXTERN_MEMORY = 3
+
 #: (context*, uint64 ticks beyond the current epoch) -> void
 set_epoch_deadline = _lean("wasmtime_context_set_epoch_deadline", None)
 set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
@@ -48,6 +61,16 @@ HostCallback = ctypes.CFUNCTYPE(
     ctypes.POINTER(ctypes.c_int64),
     ctypes.c_size_t,
 )
+#: The same callback seeing the array as uint32 words, for functions whose arguments and
+#: result are all i32: slot i's value is word 4*i, so `p[0:4*n:4]` reads every argument
+#: in one step (~0.1 us, against ~0.3 us word by word).
+HostCallbackI32 = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.c_size_t,
+)
 
 _define_func_unchecked = ctypes.CFUNCTYPE(
     ctypes.c_void_p,  # wasmtime_error_t*
@@ -57,7 +80,7 @@ _define_func_unchecked = ctypes.CFUNCTYPE(
     ctypes.c_char_p,
     ctypes.c_size_t,  # field name
     ctypes.c_void_p,  # wasm_functype_t*
-    HostCallback,
+    ctypes.c_void_p,  # the callback: a HostCallback or HostCallbackI32
     ctypes.c_void_p,  # env
     ctypes.c_void_p,  # finalizer
 )(ctypes.cast(_lib.wasmtime_linker_define_func_unchecked, ctypes.c_void_p).value)
@@ -76,7 +99,8 @@ def address(obj) -> int:
 def define_host_func(
     linker: wasmtime.Linker, module: str, name: str, functype: wasmtime.FuncType, callback
 ) -> None:
-    """Define `module.name` in `linker` as a raw unchecked callback.
+    """Define `module.name` in `linker` as a raw unchecked callback (a HostCallback or
+    HostCallbackI32).
 
     The caller keeps `callback` (a HostCallback) alive as long as any instance made
     through the linker lives: the C side only holds its address.
@@ -90,7 +114,7 @@ def define_host_func(
         name_b,
         len(name_b),
         address(functype.ptr()),
-        callback,
+        ctypes.cast(callback, ctypes.c_void_p),
         None,
         None,
     )
@@ -115,3 +139,20 @@ def error_from_address(addr: int) -> wasmtime.WasmtimeError:
     return wasmtime.WasmtimeError._from_ptr(
         ctypes.cast(addr, ctypes.POINTER(_bindings.wasmtime_error_t))
     )
+
+
+def instance_export(store_context: int, instance: wasmtime.Instance, name: str, kind: int):
+    """The export `name` of `instance` as a `wasmtime_extern_t`, or None if there is
+    none of that `kind`. The request path takes the addresses of its `of.func` /
+    `of.memory`, so the struct must live as long as they are used. ~1.5 us, against ~5 us
+    through wasmtime-py's Func and Memory wrappers."""
+    item = _bindings.wasmtime_extern_t()
+    encoded = name.encode()
+    found = _instance_export_get(
+        store_context,
+        ctypes.addressof(instance._instance),
+        encoded,
+        len(encoded),
+        ctypes.addressof(item),
+    )
+    return item if found and item.kind == kind else None

@@ -18,8 +18,8 @@ import struct
 
 import wasmtime
 
-from okra_core.hostapi import HostContext, HostFunction, call_host_function
-from okra_plugins.engine_wasmtime import _capi
+from okra_core.hostapi import HostFunction, call_host_function
+from okra_plugins.engine_wasmtime import _callers, _capi
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +88,23 @@ def failure_trap(what: str, exc: BaseException) -> int:
         return _capi.new_trap("host function failed")
 
 
-def host_callback(fn: HostFunction, ctx: HostContext) -> _capi.HostCallback:
-    """The raw callback running `fn` for the instance whose context is `ctx`."""
+def host_callback(fn: HostFunction):
+    """The raw callback running `fn` for whichever instance calls it: the caller's store
+    says which (`_callers`), so one callback serves every instance of a linker."""
     if len(fn.results) > 1:
         raise ValueError(f"host function {fn.qualified_name} returns more than one value")
     name = f"host function {fn.qualified_name}"
     call = call_host_function
+    states = _callers.STATES
+    context_of = _callers.caller_context
     write_result = _writer(fn.results[0]) if fn.results else None
 
-    if all(t == "i32" for t in fn.params):
-        words = tuple(range(0, 2 * len(fn.params), 2))  # a 16-byte slot is two words
+    if all(t == "i32" for t in fn.params) and fn.results in ((), ("i32",)):
+        stop = 4 * len(fn.params)  # slot i is uint32 word 4*i
 
         def callback(env, caller, p, n):
             try:
-                result = call(fn, ctx, [p[w] & _U32 for w in words])
+                result = call(fn, states[context_of(caller)].context, p[0:stop:4])
                 if write_result is not None:
                     if type(result) is not int:
                         raise TypeError(f"returned {result!r}, expected an int")
@@ -110,16 +113,18 @@ def host_callback(fn: HostFunction, ctx: HostContext) -> _capi.HostCallback:
             except BaseException as exc:
                 return failure_trap(name, exc)
 
-    else:
-        readers = tuple(_reader(t, 2 * i) for i, t in enumerate(fn.params))
+        return _capi.HostCallbackI32(callback)
 
-        def callback(env, caller, p, n):
-            try:
-                result = call(fn, ctx, [read(p) for read in readers])
-                if write_result is not None:
-                    write_result(p, result)
-                return 0
-            except BaseException as exc:
-                return failure_trap(name, exc)
+    readers = tuple(_reader(t, 2 * i) for i, t in enumerate(fn.params))
+
+    def callback(env, caller, p, n):
+        try:
+            ctx = states[context_of(caller)].context
+            result = call(fn, ctx, [read(p) for read in readers])
+            if write_result is not None:
+                write_result(p, result)
+            return 0
+        except BaseException as exc:
+            return failure_trap(name, exc)
 
     return _capi.HostCallback(callback)

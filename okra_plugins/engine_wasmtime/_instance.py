@@ -18,10 +18,10 @@ import time
 import wasmtime
 
 from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
-from okra_plugins.engine_wasmtime import _capi
+from okra_plugins.engine_wasmtime import _callers, _capi
+from okra_plugins.engine_wasmtime._callers import InstanceState
 from okra_plugins.engine_wasmtime._epoch import NEVER, EpochTicker
 from okra_plugins.engine_wasmtime._failures import one_line
-from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
 _func_call = _capi.func_call_unchecked
 _memory_data = _capi.memory_data
@@ -41,7 +41,8 @@ class WasmtimeInstance:
         "_store",
         "_funcs",
         "_memory_export",
-        "_callbacks",
+        "_linked",
+        "_host",
         "_memory",
         "_ctx",
         "_mem",
@@ -66,10 +67,10 @@ class WasmtimeInstance:
     def __init__(
         self,
         store: wasmtime.Store,
-        exports: dict[str, wasmtime.Func],
-        memory: wasmtime.Memory,
-        guest_memory: WasmtimeMemory,
-        callbacks: list,
+        exports: dict[str, object],
+        memory: object,
+        state: InstanceState,
+        linked: object,
         ticker: EpochTicker | None = None,
     ):
         self._store = store
@@ -77,13 +78,15 @@ class WasmtimeInstance:
         self._ticker = ticker
         self._armed = False  # a deadline is set on the store
         self._started = 0.0
-        # The Func and Memory objects own the C structs whose addresses we pass below.
+        # The exports are `wasmtime_extern_t` structs (`_capi.instance_export`); they
+        # own the C structs whose addresses we pass below.
         self._funcs = exports
         self._memory_export = memory
-        self._callbacks = callbacks  # the C side only holds their addresses
-        self._memory = guest_memory
+        self._linked = linked  # the C side only holds the addresses of its callbacks
+        self._host = state  # what this instance's host functions act on (`_callers`)
+        self._memory = state.memory
         self._ctx = ctypes.c_void_p(_capi.address(store._context()))
-        self._mem = ctypes.c_void_p(ctypes.addressof(memory._memory))
+        self._mem = ctypes.c_void_p(ctypes.addressof(memory.of.memory))
         self._handle_fn = _func_ref(exports, "okra_handle")
         self._buffer_fn = _func_ref(exports, "okra_buffer")
         self._version_fn = _func_ref(exports, "okra_abi_version")
@@ -100,7 +103,7 @@ class WasmtimeInstance:
         # `_reserve`, which says why.
         self._cap = -1
         self._state = "starting"
-        guest_memory.bind(self._ctx, self._mem)
+        state.memory.bind(self._ctx, self._mem)
 
     # -- the request path -------------------------------------------------------------
 
@@ -153,16 +156,18 @@ class WasmtimeInstance:
         self._cap = -1
         self._view = _EMPTY
         self._memory.unbind()
+        _callers.unregister(self._ctx.value, self._host)
         self._store.close()
         self._funcs = {}
         self._memory_export = None
-        self._callbacks = []
+        self._linked = None
 
     def __del__(self):
         # An instance dropped without close(): its store goes with it, so the memory
         # handle its HostContext still holds must not point into it any more.
         try:
             self._memory.unbind()
+            _callers.unregister(self._ctx.value, self._host)
         except Exception:
             pass
 
@@ -251,5 +256,5 @@ class WasmtimeInstance:
         raise GuestTrap(f"{what}: {message}")
 
 
-def _func_ref(exports: dict[str, wasmtime.Func], name: str) -> ctypes.c_void_p:
-    return ctypes.c_void_p(ctypes.addressof(exports[name]._func))
+def _func_ref(exports: dict[str, object], name: str) -> ctypes.c_void_p:
+    return ctypes.c_void_p(ctypes.addressof(exports[name].of.func))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import wasmtime
@@ -17,14 +18,18 @@ from okra_core.engine import (
 )
 from okra_core.errors import AbiError, CapabilityError, DeployError
 from okra_core.hostapi import HostContext, HostFunction
-from okra_plugins.engine_wasmtime import _capi, _wasi
-from okra_plugins.engine_wasmtime._failures import one_line
-from okra_plugins.engine_wasmtime._hostfuncs import host_callback
+from okra_plugins.engine_wasmtime import _callers, _capi, _wasi
 from okra_plugins.engine_wasmtime._epoch import NEVER
+from okra_plugins.engine_wasmtime._failures import one_line
 from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
+from okra_plugins.engine_wasmtime._linking import LinkedModule
 from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
 _PAGE = 65536
+#: The function exports an instance uses: the ABI's three, then the optional initialiser.
+_ABI_FUNCTIONS = (abi.EXPORT_HANDLE, abi.EXPORT_BUFFER, abi.EXPORT_ABI_VERSION, "_initialize")
+#: Host function sets linked per module before the oldest is dropped.
+_MAX_LINKED = 8
 
 
 def _canonical_valtypes() -> list[tuple[object, str]]:
@@ -81,6 +86,9 @@ class WasmtimeModule:
             ImportSpec(imp.module, imp.name or "", *_describe(imp.type)) for imp in module.imports
         )
         self._exports = tuple(ExportSpec(exp.name, *_describe(exp.type)) for exp in module.exports)
+        #: Linked modules by host function set (the runtime uses one set per service).
+        self._linked: dict[tuple[HostFunction, ...], LinkedModule] = {}
+        self._lock = threading.Lock()
         #: The ABI memory's initial size in bytes (None if the module exports none), so a
         #: memory limit it cannot meet is refused by name before instantiating.
         self._initial_memory = next(
@@ -108,39 +116,32 @@ class WasmtimeModule:
         *,
         limits: InstanceLimits | None = None,
     ) -> WasmtimeInstance:
-        self._check_imports(host_functions)
+        linked = self._link(host_functions)
         memory_limit = limits.memory_bytes if limits is not None else None
         self._check_memory_limit(memory_limit)
-        engine = self._engine.wasmtime_engine
-        store = wasmtime.Store(engine)
+        store = wasmtime.Store(self._engine.wasmtime_engine)
         if memory_limit is not None:
             # wasmtime's store limiter: memory.grow past this returns -1 in the guest.
             store.set_limits(memory_size=memory_limit)
         if self._engine.epoch_interruption:
             store.set_epoch_deadline(NEVER)
         store.set_wasi(wasmtime.WasiConfig())  # no preopens, no env, no args, no stdio
-
         guest_memory = WasmtimeMemory()
-        callbacks = [_wasi.fd_write_callback(guest_memory, stdio)]
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-        linker.allow_shadowing = True
-        fd_write_type = self._engine.functype(("i32",) * 4, ("i32",))
-        _capi.define_host_func(linker, _wasi.NAMESPACE, "fd_write", fd_write_type, callbacks[0])
-        linker.allow_shadowing = False
-        for fn in host_functions:
-            try:
-                callback = host_callback(fn, context)
-                callbacks.append(callback)
-                ty = self._engine.functype(tuple(fn.params), tuple(fn.results))
-                _capi.define_host_func(linker, fn.namespace, fn.name, ty, callback)
-            except (wasmtime.WasmtimeError, ValueError) as exc:
-                raise DeployError(
-                    f"cannot link host function {fn.qualified_name}: {one_line(str(exc))}"
-                ) from None
-
+        state = _callers.InstanceState(context, guest_memory, stdio)
+        store_context = _capi.address(store._context())
+        _callers.register(store_context, state)
         try:
-            raw = linker.instantiate(store, self._module)
+            return self._start(store, linked, state)
+        except BaseException:
+            _callers.unregister(store_context, state)
+            store.close()
+            raise
+
+    def _start(
+        self, store: wasmtime.Store, linked: LinkedModule, state: _callers.InstanceState
+    ) -> WasmtimeInstance:
+        try:
+            raw = linked.pre.instantiate(store)
         except wasmtime.Trap as trap:
             raise GuestTrap(f"instantiation: {one_line(trap.message)}") from None
         except wasmtime.ExitTrap as exc:
@@ -148,28 +149,27 @@ class WasmtimeModule:
                 f"instantiation: the guest exited with status {exc.code} (proc_exit)"
             ) from None
         except wasmtime.WasmtimeError as exc:
-            raise DeployError(f"cannot link the module: {one_line(str(exc))}") from None
+            raise DeployError(f"cannot instantiate the module: {one_line(str(exc))}") from None
 
-        exports = dict(raw.exports(store))
-        memory = exports.get(abi.EXPORT_MEMORY)
-        missing = [
-            name
-            for name in (abi.EXPORT_HANDLE, abi.EXPORT_BUFFER, abi.EXPORT_ABI_VERSION)
-            if not isinstance(exports.get(name), wasmtime.Func)
-        ]
-        if not isinstance(memory, wasmtime.Memory):
+        # Only the exports the ABI uses, as C structs: listing them all through
+        # wasmtime-py costs ~30 us for a Go module.
+        store_context = _capi.address(store._context())
+        memory = _capi.instance_export(store_context, raw, abi.EXPORT_MEMORY, _capi.EXTERN_MEMORY)
+        funcs = {}
+        for name in _ABI_FUNCTIONS:
+            export = _capi.instance_export(store_context, raw, name, _capi.EXTERN_FUNC)
+            if export is not None:
+                funcs[name] = export
+        missing = [name for name in _ABI_FUNCTIONS[:3] if name not in funcs]
+        if memory is None:
             missing.insert(0, abi.EXPORT_MEMORY)
         if missing:
-            store.close()
             raise AbiError(
                 f"module does not export {', '.join(missing)} required by guest ABI v1: "
                 "was it built with an OKRA SDK?"
             )
-        funcs = {name: ext for name, ext in exports.items() if isinstance(ext, wasmtime.Func)}
-        instance = WasmtimeInstance(
-            store, funcs, memory, guest_memory, callbacks, self._engine.ticker
-        )
-        context.memory = guest_memory
+        instance = WasmtimeInstance(store, funcs, memory, state, linked, self._engine.ticker)
+        state.context.memory = state.memory
         try:
             instance.start(abi.INITIAL_BUFFER_SIZE)
         except GuestTrap:
@@ -179,6 +179,24 @@ class WasmtimeModule:
             instance.close()
             raise AbiError(f"the module breaks guest ABI v1 while starting: {exc}") from None
         return instance
+
+    def _link(self, host_functions: Sequence[HostFunction]) -> LinkedModule:
+        """The module linked with `host_functions`, built on first use of that set."""
+        key = tuple(host_functions)
+        try:
+            linked = self._linked.get(key)
+        except TypeError:  # an unhashable impl: link for this instance alone
+            self._check_imports(host_functions)
+            return LinkedModule(self._engine, self._module, host_functions)
+        if linked is None:
+            self._check_imports(host_functions)
+            linked = LinkedModule(self._engine, self._module, host_functions)
+            with self._lock:
+                if len(self._linked) >= _MAX_LINKED and key not in self._linked:
+                    # the oldest goes; its live instances keep it alive
+                    del self._linked[next(iter(self._linked))]
+                linked = self._linked.setdefault(key, linked)
+        return linked
 
     def _check_memory_limit(self, limit: int | None) -> None:
         initial = self._initial_memory
@@ -206,3 +224,4 @@ class WasmtimeModule:
                     f"module imports {imp.qualified_name}, which is not linked on this host: "
                     'grant its host API in the manifest ("host_apis" in okra.service.json)'
                 )
+

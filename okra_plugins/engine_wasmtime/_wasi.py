@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import struct
 
-from okra_core.engine import StdioSink
 from okra_core.hostapi import HostError
-from okra_plugins.engine_wasmtime import _capi
+from okra_plugins.engine_wasmtime import _callers, _capi
 from okra_plugins.engine_wasmtime._hostfuncs import failure_trap
-from okra_plugins.engine_wasmtime._memory import WasmtimeMemory
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +26,11 @@ _IOVEC = struct.Struct("<II")
 _SIZE = struct.Struct("<I")
 
 
-def fd_write_callback(memory: WasmtimeMemory, stdio: StdioSink) -> _capi.HostCallback:
+def fd_write_callback() -> _capi.HostCallback:
     """`fd_write(fd, iovs, iovs_len, nwritten) -> errno`, gathering the iovecs into one
-    chunk for `stdio(fd, data)`."""
+    chunk for the calling instance's `stdio(fd, data)`."""
+    states = _callers.STATES
+    context_of = _callers.caller_context
 
     def fd_write(env, caller, p, n):
         try:
@@ -38,6 +38,8 @@ def fd_write_callback(memory: WasmtimeMemory, stdio: StdioSink) -> _capi.HostCal
             if fd != 1 and fd != 2:
                 p[0] = ERRNO_BADF
                 return 0
+            state = states[context_of(caller)]
+            memory, stdio = state.memory, state.stdio
             iovs, count, nwritten = p[2] & _U32, p[4] & _U32, p[6] & _U32
             try:
                 table = memory.read(iovs, 8 * count)
