@@ -180,7 +180,10 @@ class ServiceActor:
 
             self.runner.call(loop, done, _call_guest, guest, envelope, deadline)
             # An inline call is already done: no timer to set and cancel.
-            timer = None if outcome.done() else loop.call_at(deadline, _expire, outcome, path)
+            timer = None if outcome.done() else loop.call_at(
+                deadline, _expire, outcome, path,
+                self.limits.call_seconds if deadline < message.deadline else None,
+            )
             try:
                 response = await outcome
             except InlineOverrun:
@@ -352,9 +355,19 @@ class ServiceActor:
         self.workers.close()
 
 
-def _expire(outcome: asyncio.Future, path: str) -> None:
+def _expire(outcome: asyncio.Future, path: str, limit: float | None) -> None:
+    """The call's deadline passed (the engine stops the guest at the same instant, but
+    its GuestTimeout reaches the loop after this timer). `limit`: the service's time
+    limit, when that (not the caller's deadline) set the deadline; the error names it."""
     if not outcome.done():
-        outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"))
+        if limit is None:
+            text = f"{path}: deadline exceeded"
+        else:
+            text = (
+                f"{path}: the guest was stopped at the service's time limit of {limit:g}s "
+                "(limits.timeout_seconds)"
+            )
+        outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, text))
 
 
 def _call_guest(guest: Guest, envelope: bytes, deadline: float) -> tuple[bytes, int, str]:
