@@ -45,12 +45,14 @@
 #   - instances sharing a module's linker (same host functions) each reach their own
 #     host functions and stdio sink; a module linked with another set of functions
 #     calls those; an instance outlives its linker's eviction from the module's cache
+#   - instances started and called from parallel threads through one shared linker
+#     each reach their own HostContext
 #   - closed and dropped instances leave nothing behind in the callback state table
 # WASI
 #   - fd_write to stdout/stderr reaches the stdio sink (also from _initialize), in
 #     order, with iovecs gathered; other fds are EBADF
 #   - a Go wasip1 reactor (which imports clocks, random, environ, proc_exit...) links,
-#     initialises and serves (slow)
+#     initialises and serves, twice, on the default and the pooling allocator (slow)
 # On-disk cache
 #   - a compiled module is written to the cache and a fresh engine loads it without
 #     compiling
@@ -65,6 +67,10 @@
 #   - a call's deadline stops a guest that never returns (GuestTimeout, about on time),
 #     and the instance refuses further calls
 #   - a deadline applies to its own call only; other traps stay plain GuestTraps
+# Pooling allocator (engine option pooling_slots)
+#   - a pooled engine serves, enforces memory limits, and reuses a released slot
+#   - with every slot in use, another instance is a DeployError naming the option
+#   - pooling does not change the module cache key
 # Memory limits (InstanceLimits.memory_bytes)
 #   - a guest growing memory without end (memory_bomb.wat) sees memory.grow fail at the
 #     limit (rounded down to whole pages), and the instance serves the next call
@@ -171,6 +177,9 @@ def test_plugin_registers_the_wasmtime_engine():
         ({"opt_level": "fast"}, "opt_level='fast'"),
         ({"epoch_interruption": "yes"}, "epoch_interruption"),
         ({"cache_dir": 42}, "cache_dir=42"),
+        ({"pooling_slots": -1}, "pooling_slots=-1 must be a whole number"),
+        ({"pooling_slots": "many"}, "pooling_slots='many'"),
+        ({"pooling_keep_resident": 1.5}, "pooling_keep_resident=1.5"),
     ],
 )
 def test_bad_factory_options_are_config_errors(options, complaint):
@@ -187,6 +196,8 @@ def test_describe_gives_version_and_settings(tmp_path):
         "cache_dir": str(tmp_path),
     }
     assert create_engine(cache_dir=None).describe()["cache_dir"] == "disabled"
+    pooled = create_engine(cache_dir=None, pooling_slots=2).describe()
+    assert (pooled["pooling_slots"], pooled["pooling_keep_resident"]) == ("2", str(8 << 20))
 
 
 def wasmtime_version() -> str:
@@ -622,6 +633,34 @@ def test_instance_outlives_its_linker_leaving_the_module_cache(engine):
     assert abi.decode_response(instance.handle(request(b"ab")))[0] == b"ababab"
 
 
+def test_parallel_instances_of_one_linker_reach_their_own_context(engine):
+    def whoami(ctx, ptr, length, out_ptr, out_cap):
+        return ctx.return_data(ctx.service.encode(), out_ptr, out_cap)
+
+    functions = [*abi.abi_functions(), HostFunction("okra.test", "repeat", REPEAT.params, whoami)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(index: int) -> None:
+        try:
+            name = f"test.v1.Service{index}"
+            context = HostContext(name, logging.getLogger(name))
+            barrier.wait()
+            instance = start(engine, "hostcall", functions, context=context)
+            for _ in range(300):
+                assert abi.decode_response(instance.handle(request(b"")))[0] == name.encode()
+            instance.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
 def test_closed_and_dropped_instances_leave_no_callback_state(engine):
     gc.collect()
     before = len(_callers.STATES)
@@ -724,15 +763,19 @@ def test_go_wasip1_reactor_links_initialises_and_serves(engine, tmp_path):
         timeout=240,
     )
     assert built.returncode == 0, built.stderr
-    module = engine.compile((tmp_path / "guest.wasm").read_bytes())
+    wasm_bytes = (tmp_path / "guest.wasm").read_bytes()
+    module = engine.compile(wasm_bytes)
     wasi_imports = {imp.name for imp in module.imports if imp.module == abi.WASI_NAMESPACE}
     assert {"fd_write", "random_get", "clock_time_get"} <= wasi_imports
-    sink = Sink()
-    instance = module.instantiate(abi.abi_functions(), sink, new_context())
-    assert instance.abi_version() == 1
-    envelope = request(b"from go" * 1000)
-    assert abi.decode_response(instance.handle(envelope)) == (envelope, 0, "")
-    assert (1, b"handling\n") in sink.chunks
+    pooled = create_engine(cache_dir=None, pooling_slots=2).compile(wasm_bytes)
+    for compiled in (module, module, pooled, pooled):  # a second start reuses the linker / slot
+        sink = Sink()
+        instance = compiled.instantiate(abi.abi_functions(), sink, new_context())
+        assert instance.abi_version() == 1
+        envelope = request(b"from go" * 1000)
+        assert abi.decode_response(instance.handle(envelope)) == (envelope, 0, "")
+        assert (1, b"handling\n") in sink.chunks
+        instance.close()
 
 
 # -- the on-disk cache ----------------------------------------------------------------
@@ -967,3 +1010,37 @@ def test_initial_memory_over_the_limit_is_a_deploy_error(engine):
 def test_instance_limits_refuse_a_bad_memory_size(size):
     with pytest.raises(ValueError, match="memory_bytes must be a number of bytes"):
         InstanceLimits(memory_bytes=size)
+
+
+# -- the pooling allocator ------------------------------------------------------------
+
+
+def test_pooled_engine_serves_limits_and_reuses_slots():
+    pooled = create_engine(cache_dir=None, pooling_slots=2)
+    for _ in range(5):  # more instances than slots, one after another
+        instance = start(pooled, "memory_bomb", limits=InstanceLimits(8 * PAGE))
+        assert bomb(instance) == (6, 8)
+        instance.close()
+    echo = start(pooled, "echo")
+    payload = os.urandom(100_000)  # grows its memory
+    assert abi.decode_response(echo.handle(request(payload)))[0] == payload
+
+
+def test_pooled_engine_with_every_slot_taken_is_a_deploy_error():
+    pooled = create_engine(cache_dir=None, pooling_slots=2)
+    held = [start(pooled, "echo"), start(pooled, "echo")]
+    with pytest.raises(DeployError, match="raise engine option pooling_slots"):
+        start(pooled, "echo")
+    held.pop().close()
+    assert abi.decode_response(start(pooled, "echo").handle(request(b"x")))[0] == b"x"
+
+
+def test_pooling_does_not_change_the_cache_key(tmp_path):
+    plain = create_engine(cache_dir=tmp_path)
+    assert create_engine(cache_dir=tmp_path, pooling_slots=2).config_key() == plain.config_key()
+    plain.compile(wasm("echo"))
+    module = create_engine(cache_dir=tmp_path, pooling_slots=2).compile(wasm("echo"))
+    assert module.from_cache is True
+    assert abi.decode_response(
+        module.instantiate(abi.abi_functions(), Sink(), new_context()).handle(request(b"ok"))
+    )[0] == b"ok"

@@ -15,6 +15,7 @@ from typing import Any
 import wasmtime
 
 from okra_core.errors import ConfigError, PackageError
+from okra_plugins.engine_wasmtime import _pooling
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
 from okra_plugins.engine_wasmtime._epoch import EpochTicker
 from okra_plugins.engine_wasmtime._failures import one_line
@@ -40,6 +41,12 @@ class WasmtimeEngine:
       opt_level: Cranelift optimisation, "speed" (default), "none" or "speed_and_size".
       epoch_interruption: compile in the checks that let a running call be interrupted
         (default True); the basis of hard per-call deadlines.
+      pooling_slots: use wasmtime's pooling allocator with this many instance slots
+        (at most that many live instances; ~4 GiB of address space each) for about
+        twice as fast instance starts; 0 (default) keeps the on-demand allocator. See
+        `_pooling`.
+      pooling_keep_resident: with pooling, the bytes of a released instance's memory
+        kept mapped for the next one (default 8 MiB).
     """
 
     name = "wasmtime"
@@ -50,6 +57,8 @@ class WasmtimeEngine:
         cache_dir: Any = _DEFAULT,
         opt_level: str = "speed",
         epoch_interruption: bool = True,
+        pooling_slots: int = 0,
+        pooling_keep_resident: int = 8 << 20,
     ):
         if opt_level not in OPT_LEVELS:
             raise ConfigError(
@@ -59,6 +68,15 @@ class WasmtimeEngine:
             raise ConfigError(
                 f"engine option epoch_interruption={epoch_interruption!r} must be true or false"
             )
+        for option, value in (
+            ("pooling_slots", pooling_slots),
+            ("pooling_keep_resident", pooling_keep_resident),
+        ):
+            if type(value) is not int or not 0 <= value < 1 << 32:
+                raise ConfigError(
+                    f"engine option {option}={value!r} must be a whole number from 0 to "
+                    f"{(1 << 32) - 1}"
+                )
         self.epoch_interruption = epoch_interruption
         #: Everything that shapes the compiled code; part of every cache key.
         self.settings = {
@@ -68,6 +86,12 @@ class WasmtimeEngine:
         config = wasmtime.Config()
         config.epoch_interruption = epoch_interruption
         config.cranelift_opt_level = opt_level
+        #: Instance slots of the pooling allocator; 0 when it is off. Not in `settings`:
+        #: it does not change compiled code.
+        self.pooling_slots = pooling_slots
+        self._pooling_keep_resident = pooling_keep_resident
+        if pooling_slots:
+            _pooling.enable(config, pooling_slots, pooling_keep_resident)
         self.wasmtime_engine = wasmtime.Engine(config)
         #: Advances the epoch so call deadlines stop running guests.
         self.ticker = EpochTicker(self.wasmtime_engine) if epoch_interruption else None
@@ -108,11 +132,15 @@ class WasmtimeEngine:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def describe(self) -> dict[str, str]:
-        return {
+        described = {
             "version": WASMTIME_VERSION,
             **self.settings,
             "cache_dir": str(self.cache.directory) if self.cache else "disabled",
         }
+        if self.pooling_slots:
+            described["pooling_slots"] = str(self.pooling_slots)
+            described["pooling_keep_resident"] = str(self._pooling_keep_resident)
+        return described
 
     def compile(self, wasm: bytes) -> WasmtimeModule:
         wasm = bytes(wasm)
@@ -168,7 +196,13 @@ class WasmtimeEngine:
 
 def create_engine(**options: Any) -> WasmtimeEngine:
     """The factory registered as engine "wasmtime"; unknown options are a ConfigError."""
-    known = ("cache_dir", "opt_level", "epoch_interruption")
+    known = (
+        "cache_dir",
+        "opt_level",
+        "epoch_interruption",
+        "pooling_slots",
+        "pooling_keep_resident",
+    )
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(

@@ -149,7 +149,14 @@ class WasmtimeModule:
                 f"instantiation: the guest exited with status {exc.code} (proc_exit)"
             ) from None
         except wasmtime.WasmtimeError as exc:
-            raise DeployError(f"cannot instantiate the module: {one_line(str(exc))}") from None
+            message = one_line(str(exc))
+            slots = self._engine.pooling_slots
+            if slots and "concurrent limit" in message:
+                message += (
+                    f" (all {slots} instance slots of the engine's pooling allocator are in "
+                    "use: raise engine option pooling_slots)"
+                )
+            raise DeployError(f"cannot instantiate the module: {message}") from None
 
         # Only the exports the ABI uses, as C structs: listing them all through
         # wasmtime-py costs ~30 us for a Go module.
