@@ -129,9 +129,12 @@ class ResponseStream:
 
     # -- the call's side (event loop) -------------------------------------------------
 
-    def expire_at(self, deadline: float) -> None:
+    def expire_at(self, deadline: float, message: str | None = None) -> None:
+        """Fail the stream with DEADLINE_EXCEEDED at `deadline` (`message`, or a plain
+        "deadline exceeded")."""
         self._timer = self._loop.call_at(
-            deadline, self.cancel, StatusCode.DEADLINE_EXCEEDED, f"{self.path}: deadline exceeded"
+            deadline, self.cancel, StatusCode.DEADLINE_EXCEEDED,
+            message or f"{self.path}: deadline exceeded",
         )
 
     def finish(self, error: RpcError | None) -> None:
@@ -246,7 +249,11 @@ async def open_stream(actor: ServiceActor, message: InvokeStream) -> ResponseStr
         actor.finished(lease, None)
         raise
     actor.streams.add(stream)
-    stream.expire_at(deadline)
+    limited = deadline < message.deadline  # the service's time limit, not the caller's
+    stream.expire_at(
+        deadline, actor.timeout_error(method.full_path, message.deadline, deadline).message
+        if limited else None,
+    )
     return stream
 
 

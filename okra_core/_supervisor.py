@@ -90,7 +90,7 @@ class Supervisor:
         try:
             instance = self._create()
         except Exception as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = (str(exc) or type(exc).__name__).removeprefix(f"{self.service}: ")
             with self._lock:
                 self._failures += 1
                 delay = min(self.backoff * 2 ** (self._failures - 1), self.max_backoff)
