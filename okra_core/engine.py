@@ -30,6 +30,11 @@ class GuestTimeout(GuestTrap):
     caller giving up). Like any trap, the instance must be discarded."""
 
 
+class GuestInterrupted(GuestTrap):
+    """The host stopped the call (`Instance.interrupt`, e.g. at shutdown once the grace
+    period is over). Like any trap, the instance must be discarded."""
+
+
 class GuestFault(Exception):
     """The guest broke the ABI (a response outside memory, a missing buffer...).
 
@@ -94,6 +99,10 @@ class Instance(Protocol):
         (GuestTimeout). Raises GuestTrap or GuestFault; the caller must then discard the
         instance.
         """
+
+    def interrupt(self) -> None:
+        """Stop the call running in this instance as soon as possible; it fails with
+        GuestInterrupted. Callable from any thread. Between calls it does nothing."""
 
     def close(self) -> None:
         """Release the instance's memory. Idempotent."""
