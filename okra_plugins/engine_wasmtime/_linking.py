@@ -2,8 +2,8 @@
 pre-linked against it (wasmtime's InstancePre), shared by all instances that use that set.
 
 Building the linker (WASI's ~45 functions, then ours) and resolving the imports cost
-~100 us, about a seventh of a Go guest's start and most of a small guest's; done once,
-an instance start is a store and `InstancePre.instantiate`. The callbacks serve every
+~120 us, a fifth of a Go guest's start and most of a small guest's; done once, an
+instance start is a store and `InstancePre.instantiate`. The callbacks serve every
 instance: they find theirs from the calling store (`_callers`).
 """
 
