@@ -1,6 +1,6 @@
 """Cold start against warm calls, through the runtime, for the Go greeter.
 
-    python benchmarks/cold_start.py [--iterations N]
+    python benchmarks/cold_start.py [--iterations N] [--pooling-slots N]
 
 Builds examples/greeter (Go, with `okra build`), deploys it into a `Runtime` with the
 compiled-module cache warm, and times `Runtime.invoke(SayHello)` in one run, alternating:
@@ -92,13 +92,16 @@ def report(label: str, cold: list[float], warm: list[float]) -> None:
     )
 
 
-async def run(iterations: int, workspace: pathlib.Path) -> None:
+async def run(iterations: int, workspace: pathlib.Path, pooling_slots: int) -> None:
     project = workspace / "greeter"
     shutil.copytree(ROOT / "examples" / "greeter", project, ignore=shutil.ignore_patterns("dist", ".okra", "gen"))
     build_project(project)
     greeter = load_package(next((project / "dist").glob("*.okra.pkg")))
     hello = message_classes(greeter.descriptor_set)("greeter.v1.HelloRequest")(name="Ada")
-    config = RuntimeConfig(engine_options={"cache_dir": str(workspace / "cache")})
+    options = {"cache_dir": str(workspace / "cache")}
+    if pooling_slots:
+        options["pooling_slots"] = pooling_slots  # wasmtime's pooling allocator
+    config = RuntimeConfig(engine_options=options)
     async with Runtime(config) as runtime:
         await runtime.deploy(greeter)
         await runtime.deploy(echo_package(workspace))
@@ -117,9 +120,13 @@ async def run(iterations: int, workspace: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument(
+        "--pooling-slots", type=int, default=0,
+        help="run the engine with wasmtime's pooling allocator and this many slots",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.iterations, pathlib.Path(tmp)))
+        asyncio.run(run(args.iterations, pathlib.Path(tmp), args.pooling_slots))
 
 
 if __name__ == "__main__":
