@@ -102,7 +102,16 @@ class Instance(Protocol):
 
     def interrupt(self) -> None:
         """Stop the call running in this instance as soon as possible; it fails with
-        GuestInterrupted. Callable from any thread. Between calls it does nothing."""
+        GuestInterrupted. Callable from any thread; idempotent.
+
+        Sticky: the instance is done. A call that starts afterwards (e.g. one already
+        handed the instance but still waiting for a thread) fails with GuestInterrupted
+        without entering the guest, so an interrupt racing with the start of a call is
+        never lost; discard the instance. A call that completes before the engine
+        stops it returns normally. A guest inside a host function is stopped once that
+        returns. (wasmtime: within ~50 ms of wasm execution; without epoch checks,
+        `epoch_interruption=false`, a running call cannot be stopped, only later ones
+        refused.)"""
 
     def close(self) -> None:
         """Release the instance's memory. Idempotent."""

@@ -42,6 +42,7 @@
 #     is closed or dropped
 #   - i64 and f64 arguments and an i64 result cross intact (i32 arguments arrive
 #     unsigned)
+#   - a host function without parameters gets only ctx (no spurious argument)
 #   - instances sharing a module's linker (same host functions) each reach their own
 #     host functions and stdio sink; a module linked with another set of functions
 #     calls those; an instance outlives its linker's eviction from the module's cache
@@ -67,6 +68,23 @@
 #   - a call's deadline stops a guest that never returns (GuestTimeout, about on time),
 #     and the instance refuses further calls
 #   - a deadline applies to its own call only; other traps stay plain GuestTraps
+#   - a deadline many epoch-callback periods away stops the guest about on time, and
+#     long calls within their deadline (or without one) pass the callback unharmed
+# Interrupting a call (Instance.interrupt, through the epoch-deadline callback)
+#   - a CPU-bound guest running on another thread is stopped within ~200 ms with
+#     GuestInterrupted, with or without a deadline, on an engine whose epoch ticker
+#     never ran before
+#   - the interrupt is sticky (documented): the interrupted instance, and one
+#     interrupted between calls, refuse every later call with GuestInterrupted without
+#     entering the guest; interrupt is idempotent and harmless on a closed instance;
+#     other instances of the module are unaffected
+#   - with epoch_interruption=false later calls are still refused
+#   - a bug in the epoch-deadline callback stops the call as a plain GuestTrap saying
+#     so, never crashes the process
+#   - long calls on many instances run in parallel threads, each through its own
+#     callback checks: interrupting some stops exactly those, the others answer, and
+#     two CPU-bound guests on two threads take about as long as one (when the machine
+#     has two idle CPUs)
 # Pooling allocator (engine option pooling_slots)
 #   - a pooled engine serves, enforces memory limits, and reuses a released slot
 #   - with every slot in use, another instance is a DeployError naming the option
@@ -75,7 +93,9 @@
 #   - a guest growing memory without end (memory_bomb.wat) sees memory.grow fail at the
 #     limit (rounded down to whole pages), and the instance serves the next call
 #   - without a limit (None, or InstanceLimits()) it grows to its declared maximum
-#   - a guest that traps when growth fails is a GuestTrap; other instances carry on
+#   - a guest that traps when growth fails is a GuestTrap that says its memory is at
+#     its limit (naming limits.memory_bytes); other instances carry on; a trap away
+#     from the limit, or without one, says nothing of it
 #   - limits are per instance: a limited and an unlimited instance of one module
 #   - an initial memory larger than the limit is a DeployError giving both sizes; an
 #     equal one instantiates
@@ -104,6 +124,7 @@ from okra_core.engine import (
     CompiledModule,
     Engine,
     GuestFault,
+    GuestInterrupted,
     GuestTimeout,
     GuestTrap,
     Instance,
@@ -114,7 +135,7 @@ from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.plugins import Registry
 from okra_core.status import StatusCode
 from okra_plugins import engine_wasmtime
-from okra_plugins.engine_wasmtime import _cache, _callers, _engine
+from okra_plugins.engine_wasmtime import _cache, _callers, _engine, _epoch
 from okra_plugins.engine_wasmtime._engine import WasmtimeEngine, create_engine
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -601,6 +622,21 @@ def test_i64_and_f64_values_cross_intact(engine):
     assert seen == [(0xFFFFFFFF, -5, 2.5)]
 
 
+def test_host_function_without_parameters_gets_only_its_context(engine):
+    seen = []
+
+    def ping(ctx: HostContext) -> int:
+        seen.append(ctx)
+        return 0x01020304
+
+    context = new_context()
+    ping_fn = HostFunction("okra.test", "ping", (), ping)
+    instance = start(engine, "ping", [*abi.abi_functions(), ping_fn], context=context)
+    for _ in range(2):
+        assert abi.decode_response(instance.handle(request(b""))) == (bytes([4, 3, 2, 1]), 0, "")
+    assert seen == [context, context]
+
+
 def test_instances_sharing_a_linker_keep_their_own_context_and_stdio(engine):
     sinks = [Sink(), Sink()]
     instances = [start(engine, "stdout", stdio=sink) for sink in sinks]
@@ -948,6 +984,185 @@ def test_trap_other_than_the_deadline_is_a_plain_trap(engine):
     assert not isinstance(info.value, GuestTimeout)
 
 
+def spin_request(iterations: int) -> bytes:
+    """A request for spin_for.wat: loop `iterations` times."""
+    return request(iterations.to_bytes(4, "little"))
+
+
+def test_deadline_far_beyond_the_callback_period_stops_the_guest_on_time(engine):
+    instance = start(engine, "forever")
+    budget = 10 * _epoch.CHECK_TICKS * engine.ticker.period  # ten callback periods
+    began = time.monotonic()
+    with pytest.raises(GuestTimeout, match="deadline exceeded: the guest was stopped after"):
+        instance.handle(request(b""), deadline=began + budget)
+    assert budget <= time.monotonic() - began < budget + 0.2
+
+
+@pytest.mark.parametrize("with_deadline", [True, False])
+def test_long_call_passes_the_epoch_callback_unharmed(engine, with_deadline):
+    instance = start(engine, "spin_for")
+    deadline = time.monotonic() + 60 if with_deadline else None
+    began = time.monotonic()
+    assert abi.decode_response(instance.handle(spin_request(5 * 10**8), deadline)) == (b"", 0, "")
+    assert instance.abi_version() == 1
+    # (the check is only meaningful if the call outlived a few callback periods)
+    assert time.monotonic() - began > 2 * _epoch.CHECK_TICKS * engine.ticker.period
+
+
+# -- interrupting a call --------------------------------------------------------------
+
+
+def call_in_thread(instance, req: bytes, deadline: float | None = None):
+    """Run instance.handle on a new thread; returns (thread, outcome) where outcome
+    gets "result" or "error" and "ended" (monotonic time) once the call ends."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = instance.handle(req, deadline)
+        except BaseException as exc:
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("with_deadline", [False, True])
+def test_interrupt_stops_a_spinning_guest_from_another_thread(with_deadline):
+    # A fresh engine: its epoch ticker has never run (no call had a deadline yet when
+    # the guest starts spinning without one), so interrupt() must start it.
+    engine = create_engine(cache_dir=None)
+    instance = start(engine, "forever")
+    deadline = time.monotonic() + 60 if with_deadline else None
+    thread, outcome = call_in_thread(instance, request(b""), deadline)
+    time.sleep(0.3)  # well inside the guest's loop
+    assert thread.is_alive()
+    asked = time.monotonic()
+    instance.interrupt()
+    thread.join(5)
+    assert not thread.is_alive(), "the guest was not stopped"
+    error = outcome.get("error")
+    assert isinstance(error, GuestInterrupted), error
+    assert not isinstance(error, GuestTimeout)
+    assert "okra_handle: the host interrupted the call" in str(error)
+    assert outcome["ended"] - asked < 0.2
+    with pytest.raises(GuestInterrupted, match="must be discarded"):
+        instance.handle(request(b""))
+
+
+def test_interrupt_is_sticky_and_refuses_later_calls(engine):
+    instance = start(engine, "echo")
+    other = start(engine, "echo")
+    assert abi.decode_response(instance.handle(request(b"a")))[0] == b"a"
+    instance.interrupt()  # between calls: the next call does not enter the guest
+    instance.interrupt()  # idempotent
+    for payload in (b"", b"b", b"x" * 100_000):  # whether or not the request fits
+        with pytest.raises(GuestInterrupted, match="cannot call okra_handle: the host interrupted"):
+            instance.handle(request(payload), deadline=time.monotonic() + 5)
+    with pytest.raises(GuestInterrupted):
+        instance.abi_version()
+    assert abi.decode_response(other.handle(request(b"c")))[0] == b"c"  # unaffected
+    instance.close()
+    instance.interrupt()  # harmless once closed
+    with pytest.raises(GuestFault, match="closed"):
+        instance.handle(request(b""))
+
+
+def test_failing_epoch_callback_stops_the_call_as_a_trap_not_a_crash(engine):
+    instance = start(engine, "forever")
+    thread, outcome = call_in_thread(instance, request(b""), time.monotonic() + 60)
+    time.sleep(0.1)
+    instance._host.deadline = "not a time"  # the callback's arithmetic now fails
+    thread.join(5)
+    assert not thread.is_alive()
+    error = outcome.get("error")
+    assert type(error) is GuestTrap, error
+    assert "epoch-deadline callback failed: TypeError" in str(error)
+
+
+def test_interrupt_without_epoch_checks_still_refuses_later_calls():
+    engine = create_engine(cache_dir=None, epoch_interruption=False)
+    instance = start(engine, "echo")
+    instance.interrupt()
+    with pytest.raises(GuestInterrupted):
+        instance.handle(request(b""))
+
+
+def test_many_instances_run_in_parallel_and_only_the_interrupted_stop(engine):
+    module = engine.compile(wasm("spin_for"))
+    spinners = [start(engine, "spin_for") for _ in range(6)]
+    assert all(_callers.STATES.get(s._ctx.value) for s in spinners)
+    iterations = 4 * 10**9  # seconds of spinning: longer than the test waits
+    running = [call_in_thread(s, spin_request(iterations), time.monotonic() + 60) for s in spinners]
+    finite = [start(engine, "spin_for") for _ in range(3)]
+    short = [call_in_thread(s, spin_request(10**8), time.monotonic() + 60) for s in finite]
+    time.sleep(0.2)
+    for s in spinners[::2]:  # every other one
+        s.interrupt()
+    for thread, outcome in short:
+        thread.join(20)
+        assert outcome.get("result") is not None, outcome.get("error")
+        assert abi.decode_response(outcome["result"]) == (b"", 0, "")
+    for (thread, outcome), s in zip(running[::2], spinners[::2]):
+        thread.join(5)
+        assert isinstance(outcome.get("error"), GuestInterrupted), outcome
+    for thread, outcome in running[1::2]:  # still spinning
+        assert thread.is_alive(), outcome
+    for s in spinners[1::2]:
+        s.interrupt()
+    for thread, outcome in running[1::2]:
+        thread.join(5)
+        assert isinstance(outcome.get("error"), GuestInterrupted), outcome
+    assert module is engine.compile(wasm("spin_for"))
+
+
+def two_threads_over_one(work) -> float:
+    """Wall time of `work()` on two threads at once, over that of one `work()` alone."""
+    began = time.monotonic()
+    work()
+    alone = time.monotonic() - began
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return (time.monotonic() - began) / alone
+
+
+def test_two_cpu_bound_guests_on_two_threads_run_in_parallel(engine):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    instances = [start(engine, "spin_for") for _ in range(3)]
+    req = spin_request(2 * 10**8)  # a few callback periods
+    began = time.monotonic()
+    instances[0].handle(req, time.monotonic() + 60)
+    assert time.monotonic() - began > 2 * _epoch.CHECK_TICKS * engine.ticker.period
+    free = iter(instances)
+
+    def guest_call():
+        instance = next(free)  # one instance per thread
+        assert abi.decode_response(instance.handle(req, time.monotonic() + 60)) == (b"", 0, "")
+
+    data = os.urandom(1 << 25)
+
+    def control():  # hashlib releases the GIL: this pair runs in parallel if anything can
+        hashlib.sha256(data).digest()
+
+    controls = []
+    for _ in range(5):  # a busy machine (others' tests) can serialise an attempt
+        free = iter(instances)
+        ratio = two_threads_over_one(guest_call)
+        if ratio < 1.6:
+            return
+        controls.append(two_threads_over_one(control))
+    if min(controls) >= 1.6:
+        pytest.skip(f"the machine has no two free CPUs now (control ratios {controls})")
+    pytest.fail(f"two guests on two threads took {ratio:.2f}x one alone (control {controls})")
+
+
 # -- memory limits --------------------------------------------------------------------
 
 PAGE = 65536
@@ -976,15 +1191,31 @@ def test_without_a_memory_limit_the_guest_grows_to_its_maximum(engine, limits):
     assert bomb(instance) == (254, 256)
 
 
-def test_guest_trapping_when_memory_runs_out_is_a_guest_trap(engine):
-    instance = start(engine, "memory_bomb_trap", limits=InstanceLimits(4 * PAGE))
-    with pytest.raises(GuestTrap, match="unreachable"):
+@pytest.mark.parametrize("limit", [4 * PAGE, 4 * PAGE + 1000])
+def test_guest_trapping_when_memory_runs_out_is_a_guest_trap(engine, limit):
+    instance = start(engine, "memory_bomb_trap", limits=InstanceLimits(limit))
+    with pytest.raises(GuestTrap, match="unreachable") as info:
         instance.handle(request(b""))
+    assert str(info.value).endswith(
+        f" (the instance's memory is at its limit of {limit} bytes: limits.memory_bytes)"
+    )
     with pytest.raises(GuestFault, match="trapped earlier"):
         instance.handle(request(b""))
     # the host and other instances are unaffected
     echo = start(engine, "echo", limits=InstanceLimits(4 * PAGE))
     assert abi.decode_response(echo.handle(request(b"fine")))[0] == b"fine"
+
+
+def test_trap_away_from_the_memory_limit_says_nothing_of_it(engine):
+    for name, limits in [
+        ("trap", InstanceLimits(64 * PAGE)),  # 2 pages of 64
+        ("memory_bomb_trap", None),  # grows to its own maximum, 256 pages
+        ("memory_bomb_trap", InstanceLimits(1024 * PAGE)),  # its maximum is lower
+    ]:
+        instance = start(engine, name, limits=limits)
+        with pytest.raises(GuestTrap) as info:
+            instance.handle(request(b""))
+        assert "limit" not in str(info.value), (name, limits)
 
 
 def test_memory_limits_are_per_instance(engine):

@@ -24,14 +24,21 @@ caller_context.argtypes = [ctypes.c_void_p]
 
 
 class InstanceState:
-    """What the host functions of one instance act on."""
+    """What the host functions of one instance act on, and what the epoch-deadline
+    callback (`_epoch`) looks at while the instance runs a call."""
 
-    __slots__ = ("context", "memory", "stdio")
+    __slots__ = ("context", "memory", "stdio", "deadline", "interrupted", "stopped")
 
     def __init__(self, context: HostContext, memory: WasmtimeMemory, stdio: StdioSink):
         self.context = context
         self.memory = memory
         self.stdio = stdio
+        #: The running call's deadline (`time.monotonic()`), or None.
+        self.deadline: float | None = None
+        #: Set (for good) by `WasmtimeInstance.interrupt`, from any thread.
+        self.interrupted = False
+        #: Why the callback stopped the call (`_epoch.TIMED_OUT` / `_epoch.INTERRUPTED`).
+        self.stopped: str | None = None
 
 
 #: Store context address -> the state of the instance living in that store.

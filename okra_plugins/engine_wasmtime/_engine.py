@@ -40,7 +40,8 @@ class WasmtimeEngine:
         `False` disables the cache.
       opt_level: Cranelift optimisation, "speed" (default), "none" or "speed_and_size".
       epoch_interruption: compile in the checks that let a running call be interrupted
-        (default True); the basis of hard per-call deadlines.
+        (default True); the basis of hard per-call deadlines and of
+        `Instance.interrupt` stopping a running call (`_epoch`).
       pooling_slots: use wasmtime's pooling allocator with this many instance slots
         (at most that many live instances; ~4 GiB of address space each) for about
         twice as fast instance starts; 0 (default) keeps the on-demand allocator. See

@@ -99,8 +99,23 @@ def host_callback(fn: HostFunction):
     context_of = _callers.caller_context
     write_result = _writer(fn.results[0]) if fn.results else None
 
+    if not fn.params:
+        # Not the slice below: a ctypes pointer's extended slice with stop 0 (`p[0:0:4]`)
+        # gives one element, which the function would get as a spurious argument.
+
+        def callback(env, caller, p, n):
+            try:
+                result = call(fn, states[context_of(caller)].context, ())
+                if write_result is not None:
+                    write_result(p, result)
+                return 0
+            except BaseException as exc:
+                return failure_trap(name, exc)
+
+        return _capi.HostCallback(callback)
+
     if all(t == "i32" for t in fn.params) and fn.results in ((), ("i32",)):
-        stop = 4 * len(fn.params)  # slot i is uint32 word 4*i
+        stop = 4 * len(fn.params)  # slot i is uint32 word 4*i (stop > 0: see above)
 
         def callback(env, caller, p, n):
             try:

@@ -8,6 +8,10 @@ once, so the request path allocates nothing but the response bytes.
 
 Each instance owns its Store, so instances are independent and can run in parallel
 threads (ctypes releases the GIL while wasm runs); one instance runs one call at a time.
+
+A call's deadline and `interrupt` act through the store's epoch-deadline callback
+(`_epoch`): the call only sets its store's epoch deadline (on its own thread) and what
+the callback looks at; `interrupt` only sets a flag.
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ import time
 
 import wasmtime
 
-from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
+from okra_core.engine import GuestFault, GuestInterrupted, GuestTimeout, GuestTrap
 from okra_plugins.engine_wasmtime import _callers, _capi
 from okra_plugins.engine_wasmtime._callers import InstanceState
-from okra_plugins.engine_wasmtime._epoch import NEVER, EpochTicker
+from okra_plugins.engine_wasmtime._epoch import INTERRUPTED, TIMED_OUT, EpochTicker
 from okra_plugins.engine_wasmtime._failures import one_line
 
 _func_call = _capi.func_call_unchecked
 _memory_data = _capi.memory_data
 _memory_data_size = _capi.memory_data_size
 _set_epoch_deadline = _capi.set_epoch_deadline
+_monotonic = time.monotonic
 _U32 = 0xFFFFFFFF
+_PAGE = 65536
 #: The length of the argument/result array (two slots), passed with every call: it must
 #: cover the function's parameters and its results.
 _SLOTS = ctypes.c_size_t(2)
@@ -60,8 +66,8 @@ class WasmtimeInstance:
         "_cap",
         "_state",
         "_ticker",
-        "_armed",
         "_started",
+        "_memory_limit",
     )
 
     def __init__(
@@ -72,12 +78,15 @@ class WasmtimeInstance:
         state: InstanceState,
         linked: object,
         ticker: EpochTicker | None = None,
+        memory_limit: int | None = None,
     ):
         self._store = store
-        #: Sets hard deadlines; None when the engine is compiled without epoch checks.
+        #: Sets hard deadlines and makes `interrupt` work (its callback is the store's);
+        #: None when the engine is compiled without epoch checks.
         self._ticker = ticker
-        self._armed = False  # a deadline is set on the store
-        self._started = 0.0
+        self._started = 0.0  # when the call with a deadline began
+        #: InstanceLimits.memory_bytes, to say so when a guest traps at it.
+        self._memory_limit = memory_limit
         # The exports are `wasmtime_extern_t` structs (`_capi.instance_export`); they
         # own the C structs whose addresses we pass below.
         self._funcs = exports
@@ -109,21 +118,25 @@ class WasmtimeInstance:
 
     def handle(self, request: bytes, deadline: float | None = None) -> bytes:
         n = len(request)
-        if n > self._cap:
+        if n > self._cap:  # also every call once unusable (closed, trapped, interrupted)
             self._reserve(n)
-        if deadline is not None and self._ticker is not None:
-            _set_epoch_deadline(self._ctx, self._ticker.ticks_until(deadline))
-            self._armed = True
-            self._started = time.monotonic()
-        elif self._armed:
-            _set_epoch_deadline(self._ctx, NEVER)
-            self._armed = False
+        ctx = self._ctx
+        if deadline is not None:
+            ticker = self._ticker
+            if ticker is not None:
+                now = _monotonic()
+                # What the callback compares with the time, and the store's deadline up
+                # to the callback's next look (this thread runs the store: safe).
+                self._host.deadline = deadline
+                _set_epoch_deadline(ctx, ticker.ticks_to(now, deadline))
+                self._started = now
+        elif self._host.deadline is not None:
+            self._host.deadline = None
         buf = self._buf
         self._view[buf : buf + n] = request
         words = self._words
         words[0] = buf
         words[2] = n
-        ctx = self._ctx
         err = _func_call(ctx, self._handle_fn, self._args, _SLOTS, self._trap_slot)
         if err is not None or self._trap.value:
             self._raise_failure("okra_handle", err)
@@ -148,6 +161,26 @@ class WasmtimeInstance:
         self._call(self._version_fn, "okra_abi_version")
         value = self._words[0] & _U32
         return value - (1 << 32) if value >= 1 << 31 else value
+
+    def interrupt(self) -> None:
+        """Stop the running call (GuestInterrupted) and refuse every later one.
+
+        Thread-safe: it only sets a flag, which the store's epoch-deadline callback
+        looks at within `_epoch.CHECK_TICKS` ticks (~50 ms) of wasm execution; a call
+        inside a host function stops once that returns to wasm. A call that completes
+        first returns normally. Sticky: an instance interrupted between calls fails its
+        next call with GuestInterrupted without entering the guest, so an interrupt
+        racing with the start of a call cannot be lost. Without epoch checks
+        (`epoch_interruption=false`) a running call cannot be stopped; later calls are
+        still refused.
+        """
+        self._host.interrupted = True
+        # Sends the next call to `_reserve`, which refuses it. `_reserve` checks the flag
+        # again after setting `_cap`, so a call thread racing with this cannot undo it.
+        self._cap = -1
+        ticker = self._ticker
+        if ticker is not None:
+            ticker.ensure_running()  # the callback only runs as the epoch moves
 
     def close(self) -> None:
         if self._state == "closed":
@@ -199,20 +232,25 @@ class WasmtimeInstance:
             )
         self._buf = ptr
         self._cap = size
+        if self._host.interrupted:  # `interrupt` ran meanwhile, on another thread
+            self._cap = -1
 
     def _check_usable(self, what: str) -> None:
         state = self._state
         if state == "closed":
             raise GuestFault(f"cannot call {what}: the instance is closed")
+        if self._host.interrupted:
+            raise GuestInterrupted(
+                f"cannot call {what}: the host interrupted the instance (Instance.interrupt); "
+                "it must be discarded"
+            )
         if state in ("trapped", "faulted"):
             raise GuestFault(
                 f"cannot call {what}: the instance {state} earlier and must be discarded"
             )
 
     def _call(self, func: ctypes.c_void_p, what: str) -> None:
-        if self._armed:  # the last request's deadline does not apply here
-            _set_epoch_deadline(self._ctx, NEVER)
-            self._armed = False
+        self._host.deadline = None  # the last request's deadline does not apply here
         err = _func_call(self._ctx, func, self._args, _SLOTS, self._trap_slot)
         if err is not None or self._trap.value:
             self._raise_failure(what, err)
@@ -232,28 +270,46 @@ class WasmtimeInstance:
 
     def _raise_failure(self, what: str, err: int | None):
         """Raise GuestTrap for the trap or error the last call left (as its return value
-        or in the trap slot); the instance is unusable from now on."""
+        or in the trap slot); the instance is unusable from now on.
+
+        GuestTimeout and GuestInterrupted when the epoch-deadline callback stopped the
+        call (it says why in the instance state; its error is not a wasm trap)."""
         self._state = "trapped"
         self._cap = -1
+        host = self._host
+        stopped = host.stopped
+        host.stopped = None
         trap_addr = self._trap.value
         self._trap.value = None
-        if trap_addr:
-            if err:
-                _capi.error_from_address(err)  # owned: freed when collected
-            trap = _capi.trap_from_address(trap_addr)
-            if self._armed and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
-                elapsed = time.monotonic() - self._started
-                raise GuestTimeout(
-                    f"{what}: deadline exceeded: the guest was stopped after {elapsed:.3f}s"
-                )
+        # Both are owned by us from here: freed when collected.
+        error = _capi.error_from_address(err) if err else None
+        trap = _capi.trap_from_address(trap_addr) if trap_addr else None
+        if stopped == TIMED_OUT:
+            elapsed = _monotonic() - self._started
+            raise GuestTimeout(
+                f"{what}: deadline exceeded: the guest was stopped after {elapsed:.3f}s"
+            )
+        if stopped == INTERRUPTED:
+            raise GuestInterrupted(
+                f"{what}: the host interrupted the call (Instance.interrupt) and stopped the guest"
+            )
+        if trap is not None:
             message = one_line(trap.message)
+        elif isinstance(error, wasmtime.ExitTrap):
+            message = f"the guest exited with status {error.code} (proc_exit)"
         else:
-            error = _capi.error_from_address(err)
-            if isinstance(error, wasmtime.ExitTrap):
-                message = f"the guest exited with status {error.code} (proc_exit)"
-            else:
-                message = one_line(str(error))
-        raise GuestTrap(f"{what}: {message}")
+            message = one_line(str(error))
+        raise GuestTrap(f"{what}: {message}{self._memory_limit_note()}")
+
+    def _memory_limit_note(self) -> str:
+        """Why a guest may have trapped: its memory is within a page of its limit, so
+        its last `memory.grow` was refused (as a guest's allocator aborting says)."""
+        limit = self._memory_limit
+        if limit is None:
+            return ""
+        if limit - _memory_data_size(self._ctx, self._mem) >= _PAGE:
+            return ""
+        return f" (the instance's memory is at its limit of {limit} bytes: limits.memory_bytes)"
 
 
 def _func_ref(exports: dict[str, object], name: str) -> ctypes.c_void_p:

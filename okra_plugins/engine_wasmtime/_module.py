@@ -19,7 +19,6 @@ from okra_core.engine import (
 from okra_core.errors import AbiError, CapabilityError, DeployError
 from okra_core.hostapi import HostContext, HostFunction
 from okra_plugins.engine_wasmtime import _callers, _capi, _wasi
-from okra_plugins.engine_wasmtime._epoch import NEVER
 from okra_plugins.engine_wasmtime._failures import one_line
 from okra_plugins.engine_wasmtime._instance import WasmtimeInstance
 from okra_plugins.engine_wasmtime._linking import LinkedModule
@@ -123,22 +122,28 @@ class WasmtimeModule:
         if memory_limit is not None:
             # wasmtime's store limiter: memory.grow past this returns -1 in the guest.
             store.set_limits(memory_size=memory_limit)
-        if self._engine.epoch_interruption:
-            store.set_epoch_deadline(NEVER)
+        store_context = _capi.address(store._context())
+        ticker = self._engine.ticker
+        if ticker is not None:
+            # Deadlines and Instance.interrupt: the store's epoch-deadline callback.
+            ticker.watch(store, store_context)
         store.set_wasi(wasmtime.WasiConfig())  # no preopens, no env, no args, no stdio
         guest_memory = WasmtimeMemory()
         state = _callers.InstanceState(context, guest_memory, stdio)
-        store_context = _capi.address(store._context())
         _callers.register(store_context, state)
         try:
-            return self._start(store, linked, state)
+            return self._start(store, linked, state, memory_limit)
         except BaseException:
             _callers.unregister(store_context, state)
             store.close()
             raise
 
     def _start(
-        self, store: wasmtime.Store, linked: LinkedModule, state: _callers.InstanceState
+        self,
+        store: wasmtime.Store,
+        linked: LinkedModule,
+        state: _callers.InstanceState,
+        memory_limit: int | None,
     ) -> WasmtimeInstance:
         try:
             raw = linked.pre.instantiate(store)
@@ -175,7 +180,9 @@ class WasmtimeModule:
                 f"module does not export {', '.join(missing)} required by guest ABI v1: "
                 "was it built with an OKRA SDK?"
             )
-        instance = WasmtimeInstance(store, funcs, memory, state, linked, self._engine.ticker)
+        instance = WasmtimeInstance(
+            store, funcs, memory, state, linked, self._engine.ticker, memory_limit
+        )
         state.context.memory = state.memory
         try:
             instance.start(abi.INITIAL_BUFFER_SIZE)
