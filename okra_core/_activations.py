@@ -88,6 +88,10 @@ class Activations:
     def keys(self) -> list[str]:
         return list(self._live)
 
+    def lent(self) -> list[Any]:
+        """The instances running a call now."""
+        return [a.instance for a in self._live.values() if a.busy and a.instance is not None]
+
     def _name(self, key: str) -> str:
         return self.service if self.singleton else hop_name(self.service, key)
 
@@ -254,10 +258,19 @@ class Activations:
     # -- hand-over and shutdown -------------------------------------------------------
 
     def idle(self) -> bool:
-        return not any(a.busy or a.waiters for a in self._live.values())
+        """No call runs or waits here, nor in the versions before this one."""
+        if self._predecessor is not None and self._predecessor.idle():
+            self._predecessor = None  # they have finished with every key
+        return self._predecessor is None and not any(
+            a.busy or a.waiters for a in self._live.values()
+        )
 
     async def wait_free(self, key: str, deadline: float | None) -> None:
-        """Wait until this (retiring) version has no call running or waiting for `key`."""
+        """Wait until this (retiring) version has no call running or waiting for `key`,
+        nor the versions before it: after two quick redeploys, the middle version may
+        never have seen the key while the oldest still runs a call for it."""
+        if self._predecessor is not None:
+            await self._predecessor.wait_free(key, deadline)
         activation = self._live.get(key)
         while activation is not None and (activation.busy or activation.waiters):
             if activation.freed is None:

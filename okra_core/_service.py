@@ -30,7 +30,7 @@ from okra_core._supervisor import Supervisor
 from okra_core._workers import CallRunner, InlineOverrun, WorkerThreads
 from okra_core.callchain import CallChain, hop_name
 from okra_core.descriptors import MethodSchema, ServiceSchema, parse_input
-from okra_core.engine import GuestFault, GuestTimeout, GuestTrap, Instance
+from okra_core.engine import GuestFault, GuestInterrupted, GuestTimeout, GuestTrap, Instance
 from okra_core.hostapi import HostContext
 from okra_core.manifest import KeySource
 from okra_core.pool import WorkerPool
@@ -192,6 +192,11 @@ class ServiceActor:
                 raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded") from None
             except GuestTimeout:
                 raise self.timeout_error(path, message.deadline, deadline) from None
+            except GuestInterrupted:
+                raise RpcError(
+                    StatusCode.UNAVAILABLE,
+                    f"{path}: stopped: {self.schema.name} is shutting down",
+                ) from None
             except GuestTrap as exc:
                 raise RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}") from None
             except GuestFault as exc:
@@ -325,6 +330,15 @@ class ServiceActor:
             StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded; the guest was stopped"
         )
 
+    async def _returned(self, guests: list[Guest], timeout: float) -> None:
+        """Wait (a little) for interrupted calls to come back, so their callers are
+        answered before the service is gone."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        lent = self.pool.lent if self.pool is not None else self.activations.lent
+        while loop.time() < end and any(g in guests for g in lent()):
+            await asyncio.sleep(0.01)
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.pool is not None:
@@ -348,8 +362,15 @@ class ServiceActor:
         # Closing waits for lent instances, so for the running streams too.
         if self.pool is not None:
             await self.pool.close(grace=grace)
+            running = self.pool.lent()
         else:
             await self.activations.close(grace=grace)
+            running = self.activations.lent()
+        if running:  # still running after the grace period: stop them
+            self.log.warning("stopping %d calls still running after the grace period", len(running))
+            for guest in running:
+                guest.instance.interrupt()
+            await self._returned(running, timeout=2.0)
         for stream in list(self.streams):  # still running after the grace period
             stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")
         self.workers.close()

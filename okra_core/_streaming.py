@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from okra_core import abi
 from okra_core.descriptors import MethodSchema
 from okra_core.callchain import CallChain
-from okra_core.engine import GuestFault, GuestTimeout, GuestTrap
+from okra_core.engine import GuestFault, GuestInterrupted, GuestTimeout, GuestTrap
 from okra_core.hostapi import HostError
 from okra_core.status import RpcError, StatusCode
 
@@ -303,6 +303,8 @@ def _outcome(method: MethodSchema, result: Any, exc: BaseException | None) -> Rp
     path = method.full_path
     if isinstance(exc, CallExpired):
         return RpcError(StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded")
+    if isinstance(exc, GuestInterrupted):
+        return RpcError(StatusCode.UNAVAILABLE, f"{path}: stopped: the service is shutting down")
     if isinstance(exc, GuestTrap):
         return RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}")
     if isinstance(exc, GuestFault):

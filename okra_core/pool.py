@@ -91,8 +91,11 @@ class InstancePool:
         self.name = name
         self._idle: collections.deque[Instance] = collections.deque()
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
-        self._size = 0  # instances alive or being created
+        #: Instances alive or being created, and free slots handed to a waiter.
+        self._size = 0
         self._busy = 0
+        #: Instances lent out now (to stop their calls at shutdown).
+        self._lent: set[Instance] = set()
         self._closed = False
         self._drained: asyncio.Event | None = None
         self._stats = PoolStats()
@@ -119,17 +122,32 @@ class InstancePool:
         if missing > 0:
             instances = await asyncio.gather(*(self._new_instance() for _ in range(missing)))
             self._idle.extend(instances)
+        # A pool that is never called passivates too.
+        self._last_active = self._loop.time()
+        self._arm_idle_timer()
 
-    async def _new_instance(self) -> Instance:
-        self._size += 1
+    async def _new_instance(self, *, reserved: bool = False) -> Instance:
+        """Start an instance, in a slot of its own (`reserved`: one handed to us)."""
+        if not reserved:
+            self._size += 1
         try:
             instance = await self._run_blocking(self._create)
         except BaseException:
             self._size -= 1
-            self._wake_one()  # a waiter may try to create one itself
+            self._hand_slot()  # the first waiter may start one itself
             raise
         self._stats.created += 1
         return instance
+
+    async def _start_instance(self, *, reserved: bool) -> Instance:
+        try:
+            return await self._new_instance(reserved=reserved)
+        except RpcError:
+            raise
+        except Exception as exc:
+            raise RpcError(
+                StatusCode.UNAVAILABLE, f"{self.name}: cannot start an instance: {exc}"
+            ) from exc
 
     async def acquire(self, timeout: float | None) -> Instance:
         self._loop = loop = asyncio.get_running_loop()
@@ -140,20 +158,11 @@ class InstancePool:
             self._passivated = False
             self._event("reactivated", "a call arrived")
             self._replenish(self.min_size - 1)  # this call starts one itself
-        while True:
-            if self._idle:
-                instance = self._idle.pop()  # LIFO: the warmest instance
-                break
-            if self._size < self.max_size:
-                try:
-                    instance = await self._new_instance()
-                except RpcError:
-                    raise
-                except Exception as exc:
-                    raise RpcError(
-                        StatusCode.UNAVAILABLE, f"{self.name}: cannot start an instance: {exc}"
-                    ) from exc
-                break
+        if self._idle:
+            instance = self._idle.pop()  # LIFO: the warmest instance
+        elif self._size < self.max_size:
+            instance = await self._start_instance(reserved=False)
+        else:
             if self.queue is not None and len(self._waiters) >= self.queue:
                 raise RpcError(
                     StatusCode.RESOURCE_EXHAUSTED,
@@ -161,14 +170,18 @@ class InstancePool:
                     "calls are already waiting; try again later",
                 )
             handed = await self._wait(timeout)
-            if handed is not None:
+            if handed is None:
+                # A free slot, already counted as taken (so that a caller arriving
+                # before this one resumes cannot take it): start an instance in it.
+                instance = await self._start_instance(reserved=True)
+            else:
                 instance = handed
-                break
         self._busy += 1
+        self._lent.add(instance)
         return instance
 
     async def _wait(self, timeout: float | None) -> Instance | None:
-        """Wait for a released instance (returned) or a free slot (None)."""
+        """Wait for a released instance (returned) or a free slot kept for us (None)."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -178,9 +191,11 @@ class InstancePool:
                 # Handed an instance or a slot just as we gave up: pass it on.
                 handed = waiter.result()
                 if handed is None:
-                    self._wake_one(None)
+                    self._size -= 1
+                    self._hand_slot()
                 elif not self._wake_one(handed):
                     self._idle.append(handed)
+                    self._arm_idle_timer()
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             if isinstance(exc, asyncio.TimeoutError):
@@ -191,6 +206,14 @@ class InstancePool:
                 ) from None
             raise
 
+    def _hand_slot(self) -> bool:
+        """A slot is free: hand it to the first waiter, which starts an instance in it.
+        It counts as taken from now on, so no caller arriving meanwhile takes it."""
+        if self._wake_one(None):
+            self._size += 1
+            return True
+        return False
+
     def _wake_one(self, instance: Instance | None = None) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -199,14 +222,19 @@ class InstancePool:
                 return True
         return False
 
+    def lent(self) -> list[Instance]:
+        """The instances lent out now."""
+        return list(self._lent)
+
     def release(self, instance: Instance, *, discard: bool = False) -> None:
         self._busy -= 1
+        self._lent.discard(instance)
         if discard or self._closed:
             self._destroy(instance)
             if discard:
                 self._stats.discarded += 1
             if not self._closed:
-                if not self._wake_one(None) and self._size < self.min_size:
+                if not self._hand_slot() and self._size < self.min_size:
                     self._replenish(1)
         elif not self._wake_one(instance):
             self._idle.append(instance)
@@ -219,25 +247,36 @@ class InstancePool:
                 if self._idle_timer is None:
                     self._idle_timer = self._loop.call_at(now + self.idle_seconds, self._check_idle)
 
+    def _arm_idle_timer(self) -> None:
+        """Check for passivation in `idle_seconds` (an instance went idle), unless a
+        check is due already."""
+        if self.idle_seconds is None or self._closed or self._idle_timer is not None:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        self._idle_timer = self._loop.call_at(now + self.idle_seconds, self._check_idle)
+
     def _check_idle(self) -> None:
         self._idle_timer = None
         if self._closed or self._busy or self._waiters:
-            return  # the last release schedules the next check
+            # The next instance to become idle (released, or started for callers that
+            # gave up meanwhile) schedules the next check.
+            return
         assert self._loop is not None and self.idle_seconds is not None
         due = self._last_active + self.idle_seconds
         if self._loop.time() < due:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
         else:
-            self.passivate()
+            self.passivate(f"after {self.idle_seconds:g}s idle")
 
-    def passivate(self) -> None:
+    def passivate(self, why: str = "on request") -> None:
         """Release every idle instance now (scale to zero); the next call starts one."""
         released = len(self._idle)
         while self._idle:
             self._destroy(self._idle.pop())
         if released and not self._passivated:
             self._passivated = True
-            self._event("passivated", f"{released} released after {self.idle_seconds}s idle")
+            self._event("passivated", f"{released} released {why}")
 
     def _event(self, name: str, detail: str) -> None:
         if self._on_event is not None:
@@ -254,6 +293,12 @@ class InstancePool:
         """Start `count` instances in the background (to get back to `min`)."""
 
         async def replace() -> None:
+            # Only up to `min`: since this was scheduled, a caller may have started an
+            # instance itself (one that finds the pool passivated starts its own while
+            # instances lent before the passivation are still out), and starting another
+            # would take the pool past `max`.
+            if self._closed or self._passivated or self._size >= self.min_size:
+                return
             try:
                 instance = await self._new_instance()
             except Exception as exc:
@@ -263,6 +308,7 @@ class InstancePool:
                 self._destroy(instance)
             elif not self._wake_one(instance):
                 self._idle.append(instance)
+                self._arm_idle_timer()
 
         assert self._loop is not None
         for _ in range(count):
