@@ -1151,16 +1151,18 @@ def test_two_cpu_bound_guests_on_two_threads_run_in_parallel(engine):
     def control():  # hashlib releases the GIL: this pair runs in parallel if anything can
         hashlib.sha256(data).digest()
 
-    controls = []
+    controls, ratios = [], []
     for _ in range(5):  # a busy machine (others' tests) can serialise an attempt
         free = iter(instances)
-        ratio = two_threads_over_one(guest_call)
-        if ratio < 1.6:
+        ratios.append(two_threads_over_one(guest_call))
+        if ratios[-1] < 1.6:
             return
         controls.append(two_threads_over_one(control))
-    if min(controls) >= 1.6:
-        pytest.skip(f"the machine has no two free CPUs now (control ratios {controls})")
-    pytest.fail(f"two guests on two threads took {ratio:.2f}x one alone (control {controls})")
+    # Serialised guests take ~2x; fail only when they clearly did while the control
+    # clearly ran in parallel, else the machine was too busy to tell.
+    if min(ratios) < 1.85 or min(controls) >= 1.3:
+        pytest.skip(f"the machine is too busy to tell (guests {ratios}, control {controls})")
+    pytest.fail(f"two guests on two threads took {min(ratios):.2f}x one alone (control {controls})")
 
 
 # -- memory limits --------------------------------------------------------------------
