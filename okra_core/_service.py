@@ -119,6 +119,8 @@ class ServiceActor:
         self.stream_buffer = stream_buffer
         #: Streaming calls whose guest is still running.
         self.streams: set[ResponseStream] = set()
+        #: The outcomes of unary calls whose guest is still running.
+        self.calls: set[asyncio.Future] = set()
         self._prefixes = {
             name: abi.request_prefix(schema.name, name, stream=m.server_streaming)
             for name, m in schema.methods.items()
@@ -171,6 +173,7 @@ class ServiceActor:
 
             def done(result, exc, lease=lease, outcome=outcome) -> None:
                 # Runs on the loop when the guest is done, even if the caller gave up.
+                self.calls.discard(outcome)
                 self.finished(lease, exc)
                 if not outcome.done():
                     if exc is None:
@@ -178,6 +181,7 @@ class ServiceActor:
                     else:
                         outcome.set_exception(exc)
 
+            self.calls.add(outcome)
             self.runner.call(loop, done, _call_guest, guest, envelope, deadline)
             # An inline call is already done: no timer to set and cancel.
             timer = None if outcome.done() else loop.call_at(
@@ -370,6 +374,14 @@ class ServiceActor:
             self.log.warning("stopping %d calls still running after the grace period", len(running))
             for guest in running:
                 guest.instance.interrupt()
+            # Answer their callers now: a guest waiting in a host function only sees
+            # the interrupt when that returns.
+            stopped = f"{self.schema.name} is shutting down; the call was stopped"
+            for outcome in list(self.calls):
+                if not outcome.done():
+                    outcome.set_exception(RpcError(StatusCode.UNAVAILABLE, stopped))
+            for stream in list(self.streams):
+                stream.cancel(StatusCode.UNAVAILABLE, stopped)
             await self._returned(running, timeout=2.0)
         for stream in list(self.streams):  # still running after the grace period
             stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")

@@ -83,10 +83,17 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting calls, drain in-flight ones (up to `grace`), release all."""
         transports, self.transports = self.transports, []
-        await asyncio.gather(
-            *(t.stop(self.grace) for t in transports), return_exceptions=True
+        # One grace period for all: the runtime drains its calls and, at the end of the
+        # grace period, stops what still runs and answers it UNAVAILABLE ("shutting
+        # down"); the transports wait a little longer, so that answer reaches the
+        # client before they cancel what is left.
+        *_, closed = await asyncio.gather(
+            *(t.stop(self.grace + _TRANSPORT_MARGIN) for t in transports),
+            self.runtime.close(self.grace),
+            return_exceptions=True,
         )
-        await self.runtime.close(self.grace)
+        if isinstance(closed, BaseException):
+            raise closed
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -94,6 +101,10 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+#: How much longer than the runtime the transports wait for calls at shutdown.
+_TRANSPORT_MARGIN = 0.5
 
 
 def _check_distinct_names(packages: Sequence[Package]) -> None:
