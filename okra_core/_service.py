@@ -57,6 +57,8 @@ class ServiceLimits:
     """The limits one service runs under: the manifest's, capped by the operator's."""
 
     call_seconds: float = 300.0
+    #: Who set `call_seconds`, for the error that names it.
+    call_seconds_source: str = "limits.timeout_seconds"
     request_bytes: int = 4 * 1024 * 1024
     response_bytes: int = 4 * 1024 * 1024
 
@@ -185,8 +187,9 @@ class ServiceActor:
             self.runner.call(loop, done, _call_guest, guest, envelope, deadline)
             # An inline call is already done: no timer to set and cancel.
             timer = None if outcome.done() else loop.call_at(
-                deadline, _expire, outcome, path,
-                self.limits.call_seconds if deadline < message.deadline else None,
+                deadline, _expire, outcome,
+                self.limit_message(path) if deadline < message.deadline
+                else f"{path}: deadline exceeded",
             )
             try:
                 response = await outcome
@@ -323,12 +326,21 @@ class ServiceActor:
         else:
             self.activations.release(lease, discard=discard)
 
+    def limit_message(self, path: str) -> str:
+        limits = self.limits
+        return (
+            f"{path}: the call reached the service's time limit of {limits.call_seconds:g}s "
+            f"({limits.call_seconds_source}), counted from its arrival: time spent waiting "
+            "for an instance or a worker thread counts too"
+        )
+
     def timeout_error(self, path: str, asked: float, deadline: float) -> RpcError:
         if deadline < asked:
+            limits = self.limits
             return RpcError(
                 StatusCode.DEADLINE_EXCEEDED,
                 f"{path}: the guest was stopped at the service's time limit of "
-                f"{self.limits.call_seconds:g}s (limits.timeout_seconds)",
+                f"{limits.call_seconds:g}s ({limits.call_seconds_source})",
             )
         return RpcError(
             StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded; the guest was stopped"
@@ -388,18 +400,10 @@ class ServiceActor:
         self.workers.close()
 
 
-def _expire(outcome: asyncio.Future, path: str, limit: float | None) -> None:
-    """The call's deadline passed (the engine stops the guest at the same instant, but
-    its GuestTimeout reaches the loop after this timer). `limit`: the service's time
-    limit, when that (not the caller's deadline) set the deadline; the error names it."""
+def _expire(outcome: asyncio.Future, text: str) -> None:
+    """The call's deadline passed (the engine stops a running guest at the same instant,
+    but its GuestTimeout reaches the loop after this timer)."""
     if not outcome.done():
-        if limit is None:
-            text = f"{path}: deadline exceeded"
-        else:
-            text = (
-                f"{path}: the guest was stopped at the service's time limit of {limit:g}s "
-                "(limits.timeout_seconds)"
-            )
         outcome.set_exception(RpcError(StatusCode.DEADLINE_EXCEEDED, text))
 
 

@@ -250,10 +250,7 @@ async def open_stream(actor: ServiceActor, message: InvokeStream) -> ResponseStr
         raise
     actor.streams.add(stream)
     limited = deadline < message.deadline  # the service's time limit, not the caller's
-    stream.expire_at(
-        deadline, actor.timeout_error(method.full_path, message.deadline, deadline).message
-        if limited else None,
-    )
+    stream.expire_at(deadline, actor.limit_message(method.full_path) if limited else None)
     return stream
 
 

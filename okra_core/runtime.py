@@ -349,6 +349,7 @@ class Runtime:
                 )
             return Guest(instance, context)
 
+        _warn_capped(logger, manifest, config)
         supervisor = Supervisor(
             schema.name,
             create,
@@ -436,11 +437,34 @@ class Runtime:
             key=manifest.actor.key,
             limits=ServiceLimits(
                 call_seconds=_capped(limits.timeout_seconds, config.max_call_seconds),
+                call_seconds_source="limits.timeout_seconds"
+                if limits.timeout_seconds is not None
+                and limits.timeout_seconds <= config.max_call_seconds
+                else "the operator's max_call_seconds, okra serve --max-call-time",
                 request_bytes=_capped(limits.request_bytes, config.max_request_bytes),
                 response_bytes=_capped(limits.response_bytes, config.max_response_bytes),
             ),
             supervisor=supervisor,
         )
+
+
+def _warn_capped(logger: logging.Logger, manifest: Manifest, config: RuntimeConfig) -> None:
+    """Say so when the operator's caps lower what a manifest asks for."""
+    asked = [
+        ("limits.memory_bytes", manifest.limits.memory_bytes, config.max_memory_bytes),
+        ("limits.timeout_seconds", manifest.limits.timeout_seconds, config.max_call_seconds),
+        ("limits.request_bytes", manifest.limits.request_bytes, config.max_request_bytes),
+        ("limits.response_bytes", manifest.limits.response_bytes, config.max_response_bytes),
+        ("pool.max", manifest.pool.max, config.max_instances_per_service),
+        ("pool.queue", manifest.pool.queue, config.max_queue),
+        ("actor.max_activations", manifest.actor.max_activations, config.max_activations),
+    ]
+    for name, value, cap in asked:
+        if value is not None and value > cap:
+            logger.warning(
+                "%s asks for %s = %s, above the operator's cap: using %s", manifest.name,
+                name, value, cap,
+            )
 
 
 def _capped(asked: Any, cap: Any, default: Any = None) -> Any:
