@@ -66,11 +66,13 @@ class ServiceLimits:
 class Guest:
     """An instance and its HostContext (the host functions' view of the call)."""
 
-    __slots__ = ("instance", "context", "handle", "abi_version")
+    __slots__ = ("instance", "context", "handle", "abi_version", "stderr")
 
-    def __init__(self, instance: Instance, context: HostContext):
+    def __init__(self, instance: Instance, context: HostContext, stderr: Any = None):
         self.instance = instance
         self.context = context
+        #: The first stderr line of the current call (`runtime.StderrWatch`), or None.
+        self.stderr = stderr
         self.handle = instance.handle
         self.abi_version = instance.abi_version
 
@@ -184,6 +186,8 @@ class ServiceActor:
                         outcome.set_exception(exc)
 
             self.calls.add(outcome)
+            if guest.stderr is not None:
+                guest.stderr.line = None
             self.runner.call(loop, done, _call_guest, guest, envelope, deadline)
             # An inline call is already done: no timer to set and cancel.
             timer = None if outcome.done() else loop.call_at(
@@ -205,7 +209,10 @@ class ServiceActor:
                     f"{path}: stopped: {self.schema.name} is shutting down",
                 ) from None
             except GuestTrap as exc:
-                raise RpcError(StatusCode.INTERNAL, f"guest trapped in {path}: {exc}") from None
+                text = f"guest trapped in {path}: {exc}"
+                if guest.stderr is not None:
+                    text = guest.stderr.note(text)
+                raise RpcError(StatusCode.INTERNAL, text) from None
             except GuestFault as exc:
                 raise RpcError(StatusCode.INTERNAL, f"guest broke the ABI in {path}: {exc}") from None
             finally:

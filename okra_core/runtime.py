@@ -334,12 +334,15 @@ class Runtime:
         def create() -> Guest:
             context = HostContext(schema.name, logger)
             context.config = configs
+            watch = StderrWatch()
             try:
                 instance = module.instantiate(
-                    functions, stdio_to_log(logger), context, limits=instance_limits
+                    functions, stdio_to_log(logger, watch), context, limits=instance_limits
                 )
             except GuestTrap as exc:
-                raise DeployError(f"{schema.name}: the module traps while starting: {exc}") from None
+                raise DeployError(
+                    watch.note(f"{schema.name}: the module traps while starting: {exc}")
+                ) from None
             version = instance.abi_version()
             if version != manifest.abi_version:
                 instance.close()
@@ -347,7 +350,7 @@ class Runtime:
                     f"module reports guest ABI version {version}, but its manifest says "
                     f"{manifest.abi_version}"
                 )
-            return Guest(instance, context)
+            return Guest(instance, context, watch)
 
         _warn_capped(logger, manifest, config)
         supervisor = Supervisor(
@@ -637,9 +640,32 @@ def _sig(params: Sequence[str], results: Sequence[str]) -> str:
 MAX_STDIO_LINE = 8 * 1024
 
 
-def stdio_to_log(logger: logging.Logger) -> Callable[[int, bytes], None]:
+class StderrWatch:
+    """The first line a guest wrote to stderr since `reset`: a Go panic's or an
+    out-of-memory's reason, which the trap itself ("unreachable") does not carry."""
+
+    __slots__ = ("line",)
+
+    def __init__(self) -> None:
+        self.line: str | None = None
+
+    def reset(self) -> None:
+        self.line = None
+
+    def note(self, message: str) -> str:
+        """`message`, with what the guest wrote, if anything."""
+        if self.line is None:
+            return message
+        line = self.line if len(self.line) <= 300 else self.line[:300] + "..."
+        return f"{message} (the guest wrote to stderr: {line!r})"
+
+
+def stdio_to_log(
+    logger: logging.Logger, watch: StderrWatch | None = None
+) -> Callable[[int, bytes], None]:
     """A sink for guest stdout (INFO) and stderr (WARNING) that logs whole lines, each
-    cut to MAX_STDIO_LINE bytes (a guest must not make logging arbitrarily expensive)."""
+    cut to MAX_STDIO_LINE bytes (a guest must not make logging arbitrarily expensive).
+    `watch` keeps the first stderr line since its last reset."""
     pending = {1: bytearray(), 2: bytearray()}
     dropped = {1: 0, 2: 0}
     levels = {1: logging.INFO, 2: logging.WARNING}
@@ -650,6 +676,8 @@ def stdio_to_log(logger: logging.Logger) -> Callable[[int, bytes], None]:
             text += f"... [{dropped[fd]} more bytes]"
             dropped[fd] = 0
         logger.log(levels[fd], "%s", text)
+        if fd == 2 and watch is not None and watch.line is None and text.strip():
+            watch.line = text.strip()
 
     def sink(fd: int, data: bytes) -> None:
         if fd not in pending:

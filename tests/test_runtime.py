@@ -21,7 +21,8 @@
 #   the guest; input that does not parse -> INVALID_ARGUMENT.
 # - output that is not a valid response message -> INTERNAL.
 # - a trap -> INTERNAL with the trap message; the instance is discarded and the service
-#   keeps serving on a fresh one; same for a response pointer outside memory.
+#   keeps serving on a fresh one; same for a response pointer outside memory. A trap
+#   after the guest wrote to stderr (a Go panic, out of memory) carries that first line.
 # - okra.log: records reach the service's logger with structured fields; unknown level
 #   is -INVALID_ARGUMENT to the guest; WASI stdout/stderr reach the log line by line.
 # - all instances busy: callers wait; a caller whose deadline passes gets
@@ -238,6 +239,16 @@ async def test_trap_is_internal_and_the_service_keeps_serving(runtime, package, 
         assert "unreachable" in info.value.message
     await asyncio.sleep(0.05)
     assert pool.stats.discarded == 3 and pool.stats.created == 4
+
+
+async def test_trap_carries_the_first_line_the_guest_wrote_to_stderr(runtime, package, messages):
+    await runtime.deploy(package("stderr_trap", pool=PoolConfig(1, 1)))
+    for attempt in range(2):  # the line is the current call's, not an earlier one's
+        with pytest.raises(RpcError) as info:
+            await runtime.invoke("rt.v1.Echo", "Echo", blob(messages))
+        assert info.value.code == StatusCode.INTERNAL
+        assert info.value.message.endswith("(the guest wrote to stderr: 'panic: boom')")
+        assert info.value.message.count("panic: boom") == 1
 
 
 async def test_response_outside_memory_is_internal_and_discarded(runtime, package, messages):
