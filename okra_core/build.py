@@ -120,6 +120,23 @@ def check_grants(manifest: Manifest, registry: Registry, config: RuntimeConfig |
         raise BuildError(f"the built service would not deploy: {exc}") from None
 
 
+def check_key(manifest: Manifest, descriptor_set: bytes) -> None:
+    """A keyed service's key field is in every method's request, as deploy checks it.
+    Raises BuildError with the message the deploy would give."""
+    from okra_core.descriptors import load_descriptor_set, service_schema
+    from okra_core.runtime import check_key_field
+
+    key = manifest.actor.key
+    if key is None or key.field is None:
+        return
+    pool = load_descriptor_set(descriptor_set)
+    schemas = {name: service_schema(pool, descriptor_set, name) for name in manifest.services}
+    try:
+        check_key_field(manifest, schemas)
+    except DeployError as exc:
+        raise BuildError(f"the built service would not deploy: {exc}") from None
+
+
 def check_deployable(
     manifest: Manifest, wasm: bytes, registry: Registry, config: RuntimeConfig | None = None
 ) -> None:
@@ -157,6 +174,7 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         language=project.language,
     )
     check_grants(manifest, registry)  # before the compiler: the cheap mistakes first
+    check_key(manifest, request.descriptor_set)
     wasm = language.build(request)
     check_deployable(manifest, wasm, registry)
     project.dist_dir.mkdir(exist_ok=True)

@@ -10,7 +10,8 @@
 #   and reports protoc errors.
 # - declared_services lists services of the project's own files only.
 # - build_project refuses a service that the protos do not declare, before compiling.
-# - build fails where deploy would (unknown host API, bad settings, ungranted import),
+# - build fails where deploy would (unknown host API, bad settings, ungranted import,
+#   a keyed service's key field missing from a request),
 #   with the deploy error's message.
 import pytest
 from google.protobuf import descriptor_pb2
@@ -128,6 +129,13 @@ def test_build_fails_where_deploy_would_with_the_same_message(tmp_path):
     # Checked before any compiler runs: a host API no plugin provides, bad settings.
     make_project(tmp_path, CONFIG + '[host_apis."okra.nope"]\n')
     with pytest.raises(BuildError, match="would not deploy: .*requests host API okra.nope, but no installed plugin provides it"):
+        build_project(tmp_path)
+
+
+def test_build_refuses_a_key_field_the_requests_do_not_have(tmp_path):
+    # Checked before any compiler runs, with the deploy's message.
+    make_project(tmp_path, CONFIG + '[actor]\nkind = "keyed"\nkey = { field = "nom" }\n')
+    with pytest.raises(BuildError, match="would not deploy: actor.key.field 'nom': /demo.v1.Demo/Echo takes demo.v1.Ping, which has no field 'nom'"):
         build_project(tmp_path)
 
 
