@@ -93,6 +93,26 @@ class Seconds(click.FloatRange):
         return number
 
 
+class Size(click.ParamType):
+    """A size such as 4MiB, 512KiB or 1048576 (bytes), at most `maximum`."""
+
+    name = "size"
+
+    def __init__(self, maximum: int = 2**31 - 1):
+        self.maximum = maximum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from okra_core.errors import ConfigError
+        from okra_core.units import parse_size
+
+        try:
+            return parse_size(value, "size", maximum=self.maximum)
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix("size "), param, ctx)
+
+
 def _allowed_header_names(ctx, param, names):
     """--allow-header: header names that a guest can actually be given."""
     from okra_core.metadata import PROTOCOL_HEADERS, RESERVED_PREFIXES, is_forwarded, is_header_name
@@ -194,7 +214,7 @@ def server_options(command):
             help="HTTP port for Connect, gRPC-Web and JSON; 0 picks a free one.",
         ),
         click.option(
-            "--max-message-size", default="4MiB", show_default=True, metavar="SIZE",
+            "--max-message-size", type=Size(), default="4MiB", show_default=True, metavar="SIZE",
             help="Largest request or response on either transport (e.g. 512KiB, 16MiB).",
         ),
         click.option(
@@ -206,7 +226,8 @@ def server_options(command):
             help="Let browser pages from ORIGIN call the HTTP port (repeat; '*' for any). Off by default.",
         ),
         click.option(
-            "--max-memory", default="256MiB", show_default=True, metavar="SIZE",
+            "--max-memory", type=Size(maximum=4 * 1024**3), default="256MiB", show_default=True,
+            metavar="SIZE",
             help="Operator cap on one instance's linear memory (limits.memory_bytes asks for less).",
         ),
         click.option(
@@ -240,16 +261,14 @@ def _serve(
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.serve import Listener, Server, serve_until_signalled
-    from okra_core.units import parse_size
-
     setup_logging(log_level)
     options = {"cache_dir": cache_dir} if cache_dir else {}
-    message_size = parse_size(max_message_size, "--max-message-size")
+    message_size = max_message_size
     config = RuntimeConfig(
         engine=engine,
         engine_options=options,
         allowed_host_apis=frozenset(allowed) if allowed else None,
-        max_memory_bytes=parse_size(max_memory, "--max-memory", maximum=4 * 1024**3),
+        max_memory_bytes=max_memory,
         max_call_seconds=max_call_time,
         # The transports refuse larger messages first; the runtime agrees with them.
         max_request_bytes=message_size,

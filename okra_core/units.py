@@ -30,6 +30,7 @@ def parse_size(value: int | str, option: str = "size", maximum: int = 2**31 - 1)
 
 def _human(size: int) -> str:
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size + 1 >= factor and (size + 1) % factor == 0:
-            return f"{(size + 1) // factor} {unit}"
+        for whole in (size, size + 1):  # 2**31 - 1 reads as "2 GiB" too
+            if whole >= factor and whole % factor == 0:
+                return f"{whole // factor} {unit}"
     return f"{size} bytes"
