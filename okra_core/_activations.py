@@ -92,6 +92,10 @@ class Activations:
         """The instances running a call now."""
         return [a.instance for a in self._live.values() if a.busy and a.instance is not None]
 
+    def _which(self, key: str) -> str:
+        """How an event names the activation (the service's logger names the service)."""
+        return "" if self.singleton else f"key {key!r} "
+
     def _name(self, key: str) -> str:
         return self.service if self.singleton else hop_name(self.service, key)
 
@@ -176,7 +180,7 @@ class Activations:
                 await predecessor.wait_free(activation.key, deadline)
         if activation.key in self._asleep:
             del self._asleep[activation.key]
-            self._event("reactivated", self._name(activation.key))
+            self._event("reactivated", self._which(activation.key))
         activation.instance = await self._start()
 
     def release(self, activation: Activation, *, discard: bool = False) -> None:
@@ -242,7 +246,7 @@ class Activations:
                 self._asleep[activation.key] = None
                 while len(self._asleep) > self.max_activations:
                     self._asleep.popitem(last=False)
-                self._event("passivated", f"{self._name(activation.key)} {why}")
+                self._event("passivated", f"{self._which(activation.key)}{why}")
 
     def passivate_idle(self) -> int:
         """Passivate every idle activation now; returns how many."""

@@ -67,7 +67,8 @@ class Supervisor:
         """Count an event and log it (thread-safe)."""
         with self._lock:
             self.counts[name] += 1
-        message = f"{self.service}: instance {name.replace('_', ' ')}"
+        # The service's own logger (okra.service.<name>) names the service.
+        message = f"instance {name.replace('_', ' ')}"
         self.log.log(EVENTS[name], "%s%s", message, f": {detail}" if detail else "")
 
     def trapped(self, reason: str) -> None:
