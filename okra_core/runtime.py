@@ -29,7 +29,7 @@ from okra_core.descriptors import ServiceSchema
 from okra_core.engine import CompiledModule, Engine, GuestTrap, InstanceLimits
 from okra_core.errors import AbiError, CapabilityError, DeployError, OkraError, PluginError
 from okra_core.hostapi import HostContext, HostFunction
-from okra_core.manifest import KEYED, REGULAR, SINGLETON, Manifest
+from okra_core.manifest import KEYED, REGULAR, SINGLETON, Manifest, PoolConfig
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.pool import InstancePool
@@ -353,6 +353,11 @@ class Runtime:
             return Guest(instance, context, watch)
 
         _warn_capped(logger, manifest, config)
+        defaults = PoolConfig()
+        if kind == SINGLETON and (manifest.pool.min, manifest.pool.max) != (defaults.min, defaults.max):
+            logger.warning("pool.min and pool.max do not apply to a singleton (one instance)")
+        elif kind == KEYED and manifest.pool.min > defaults.min:
+            logger.warning("pool.min does not apply to a keyed service (activations start on use)")
         supervisor = Supervisor(
             schema.name,
             create,

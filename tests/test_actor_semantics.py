@@ -41,7 +41,9 @@
 # - limits.memory_bytes: a memory bomb stops growing exactly at the limit, the
 #   instance is kept, the next call works.
 # - limits.timeout_seconds: a spinning guest -> DEADLINE_EXCEEDED naming the service
-#   limit; the instance is discarded and the next call is served.
+#   limit; the instance is discarded and the next call is served. An operator cap
+#   lower than the manifest's value is warned about at deploy and named in the error.
+# - pool sizes that do not apply (a singleton's min/max) are reported at deploy.
 # - limits.request_bytes / response_bytes -> RESOURCE_EXHAUSTED naming sizes and limit
 #   (an oversized request never reaches the guest).
 # - pool max=1, queue=1: the 2nd concurrent caller waits and is served, the 3rd fails
@@ -608,9 +610,15 @@ async def test_memory_bomb_stops_growing_at_the_memory_limit(h, mib):
     assert "trapped" not in h.events()
 
 
-async def test_operator_time_cap_is_named_as_the_operators(h, caplog):
-    import dataclasses
+async def test_pool_sizes_that_do_not_apply_are_reported_at_deploy(h, caplog):
+    with caplog.at_level("WARNING"):
+        await h.deploy(kind=SINGLETON, pool=PoolConfig(2, 3))
+    assert "pool.min and pool.max do not apply to a singleton" in caplog.text
+    assert h.runtime.stats(COUNTER)["activations"] == 0  # still one instance, on first use
+    assert await h.n() == 1
 
+
+async def test_operator_time_cap_is_named_as_the_operators(h, caplog):
     h.runtime.config = dataclasses.replace(h.runtime.config, max_call_seconds=0.3)
     with caplog.at_level("WARNING"):
         await h.deploy(pool=PoolConfig(1, 1), limits=Limits(timeout_seconds=60))
