@@ -92,9 +92,12 @@ def load_project(path: str | pathlib.Path) -> Project:
         raise ConfigError(f"{file}: {exc}") from None
     where = str(file)
 
-    unknown = set(data) - {"service", "host_apis", "pool", "actor", "limits"}
+    tables = ("service", "host_apis", "pool", "actor", "limits")
+    unknown = set(data) - set(tables)
     if unknown:
-        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"{where}: unknown table(s) {', '.join(sorted(unknown))} (known: {', '.join(tables)})"
+        )
     service = _table(data, "service", where)
     unknown = set(service) - {"name", "version", "language", "proto", "proto_root", "services"}
     if unknown:

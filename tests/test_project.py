@@ -86,7 +86,7 @@ def test_missing_project_file_says_how_to_create_one(tmp_path):
         (CONFIG.replace('name = "demo"', 'name = "Demo Service"'), "must be lower case"),
         (CONFIG.replace("demo/v1/demo.proto", "nope.proto"), "proto file nope.proto not found"),
         (CONFIG + "colour = 1\n", r"unknown key\(s\) in \[service\]: colour"),
-        (CONFIG + "[extra]\n", r"unknown table\(s\) extra"),
+        (CONFIG + "[extra]\n", r"unknown table\(s\) extra \(known: service, host_apis, pool, actor, limits\)"),
         (CONFIG + "[pool]\nmin = 5\nmax = 2\n", "0 <= min <= max"),
         (CONFIG + "[pool]\nmni = 2\n", r"unknown key\(s\) in \[pool\]: mni"),
         (CONFIG.replace('version = "1.2.3"', ""), "needs version"),
