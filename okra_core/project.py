@@ -139,7 +139,10 @@ def load_project(path: str | pathlib.Path) -> Project:
         raise ConfigError(f"{where}: {str(exc).removeprefix('manifest: ')}") from None
     pool_min, pool_max = pool.get("min", 1), pool.get("max", 4)
     if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max and pool_max >= 1):
-        raise ConfigError(f"{where}: pool needs 0 <= min <= max and max >= 1 (got {pool_min}, {pool_max})")
+        raise ConfigError(
+            f"{where}: [pool] needs 0 <= min <= max and max >= 1 (got min = {pool_min!r}, "
+            f"max = {pool_max!r}; min defaults to 1, max to 4)"
+        )
 
     return Project(
         dir=directory,
