@@ -57,13 +57,22 @@ class WorkerThreads:
             raise RuntimeError("worker threads are closed")
         self._queue.put((loop, done, fn, args))
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(*args)` on a worker and wait for its result."""
+    async def run(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        abandoned: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Run `fn(*args)` on a worker and wait for its result. If the waiter is gone
+        (cancelled) when the result comes, `abandoned(result)` disposes of it (an
+        instance started for a caller that gave up must still be closed)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
         def done(result: Any, exc: BaseException | None) -> None:
             if future.done():
+                if exc is None and abandoned is not None:
+                    abandoned(result)
                 return
             if exc is None:
                 future.set_result(result)

@@ -374,6 +374,11 @@ class Runtime:
             )
             min_size = 0
         workers = WorkerThreads(max_size, name=f"okra:{schema.name}")
+
+        def start_on(fn: Callable[[], Guest]) -> Any:
+            """Start an instance on a worker; close it if its caller gave up meanwhile."""
+            return workers.run(fn, abandoned=_close_abandoned)
+
         queue = _capped(manifest.pool.queue, config.max_queue, config.default_queue)
         idle = manifest.actor.idle_seconds
         if idle is None and kind == KEYED:
@@ -392,7 +397,7 @@ class Runtime:
                 supervisor.start,
                 min_size=min_size,
                 max_size=max_size,
-                run_blocking=workers.run,
+                run_blocking=start_on,
                 name=schema.name,
                 queue=queue,
                 idle_seconds=idle,
@@ -411,7 +416,7 @@ class Runtime:
             probe.close()
             activations = Activations(
                 schema.name,
-                lambda: workers.run(supervisor.start),
+                lambda: start_on(supervisor.start),
                 max_activations=1 if kind == SINGLETON else _capped(
                     manifest.actor.max_activations,
                     config.max_activations,
@@ -454,6 +459,13 @@ class Runtime:
             ),
             supervisor=supervisor,
         )
+
+
+def _close_abandoned(guest: Guest) -> None:
+    try:
+        guest.close()
+    except Exception:
+        log.exception("closing an instance nobody waited for failed")
 
 
 def _warn_capped(logger: logging.Logger, manifest: Manifest, config: RuntimeConfig) -> None:

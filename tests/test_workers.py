@@ -2,6 +2,8 @@
 # WorkerThreads:
 # - run returns the function's result / raises its exception, on a worker thread.
 # - close lets queued calls finish; submitting after close is refused.
+# - a result that comes after its waiter was cancelled goes to `abandoned` (so an
+#   instance started for a caller that gave up is closed); an awaited one does not.
 # CallRunner (inline once proven short):
 # - a service whose host functions may block is never run inline, however fast.
 # - after `promote_after` consecutive fast calls on threads, calls run inline (on the
@@ -292,3 +294,30 @@ async def test_guest_that_never_returns_is_stopped_at_its_deadline(tmp_path):
             assert time.monotonic() - began < 2
         await asyncio.sleep(0.2)
         assert pool.stats.discarded == 3 and pool.stats.busy == 0
+
+
+async def test_a_result_nobody_waits_for_any_more_is_handed_to_abandoned():
+    # An instance started for a caller that was cancelled meanwhile must still be closed.
+    threads = WorkerThreads(1, name="t-abandon")
+    started, release = threading.Event(), threading.Event()
+    disposed = []
+
+    def slow_start():
+        started.set()
+        release.wait(5)
+        return "instance"
+
+    try:
+        task = asyncio.ensure_future(threads.run(slow_start, abandoned=disposed.append))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        release.set()
+        for _ in range(200):
+            if disposed:
+                break
+            await asyncio.sleep(0.01)
+        assert disposed == ["instance"]
+        assert await threads.run(lambda: 1, abandoned=disposed.append) == 1
+        assert disposed == ["instance"]  # a result that was awaited is not disposed of
+    finally:
+        threads.close()
