@@ -306,7 +306,7 @@ class Activations:
             try:
                 await asyncio.wait_for(self._drained.wait(), grace)
             except asyncio.TimeoutError:
-                log.warning(
+                log.debug(
                     "%s: %d activations still busy after %.1fs", self.service, len(self._live), grace
                 )
         for activation in list(self._live.values()):

@@ -99,14 +99,22 @@ class _Cell:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), grace)
+            await asyncio.sleep(0)  # the mailbox task takes the stop marker, even at grace 0
+            if not self.task.done():
+                await asyncio.wait_for(asyncio.shield(self.task), grace)
             if self.inflight:
                 await asyncio.wait(set(self.inflight), timeout=max(0, deadline - loop.time()))
             if self.direct_calls:
                 self.direct_idle = asyncio.Event()
                 await asyncio.wait_for(self.direct_idle.wait(), max(0, deadline - loop.time()))
         except asyncio.TimeoutError:
-            log.warning("actor %s: calls still running after %.1fs", self.address, grace)
+            pass
+        running = len(self.inflight) + self.direct_calls
+        if running:
+            log.warning(
+                "actor %s: %d call%s still running after %.1fs",
+                self.address, running, "" if running == 1 else "s", grace,
+            )
         for task in list(self.inflight):
             task.cancel()
         self.task.cancel()

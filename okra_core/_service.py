@@ -317,6 +317,8 @@ class ServiceActor:
         discard = exc is not None and exc.__class__ is not CallExpired
         if not discard:
             pass  # a good call, or one that never entered the guest
+        elif isinstance(exc, GuestInterrupted):
+            self.log.info("instance stopped at shutdown, after the grace period")
         elif isinstance(exc, InlineOverrun):
             self.log.debug("instance discarded: %s", exc)
         elif isinstance(exc, (GuestTrap, GuestFault)):
@@ -390,7 +392,10 @@ class ServiceActor:
             await self.activations.close(grace=grace)
             running = self.activations.lent()
         if running:  # still running after the grace period: stop them
-            self.log.warning("stopping %d calls still running after the grace period", len(running))
+            n = len(running)
+            self.log.warning(
+                "stopping %d call%s still running after the grace period", n, "" if n == 1 else "s"
+            )
             for guest in running:
                 guest.instance.interrupt()
             # Answer their callers now: a guest waiting in a host function only sees

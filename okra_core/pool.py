@@ -332,7 +332,7 @@ class InstancePool:
             try:
                 await asyncio.wait_for(self._drained.wait(), grace)
             except asyncio.TimeoutError:
-                log.warning("%s: %d calls still running after %.1fs", self.name, self._busy, grace)
+                log.debug("%s: %d calls still running after %.1fs", self.name, self._busy, grace)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         while self._idle:
