@@ -140,19 +140,39 @@ async def serve_until_signalled(
     the server serves, and is cancelled before the server stops."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    forced = False
+
+    def on_signal() -> None:
+        # The first signal drains (up to the grace period); a second one stops now.
+        nonlocal forced
+        if not stop.is_set():
+            stop.set()
+        elif not forced:
+            forced = True
+            log.warning("second signal: stopping now, without waiting for running calls")
+            main.cancel()
+
+    main = asyncio.current_task()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with server:
-        if on_ready is not None:
-            result = on_ready(server)
-            if asyncio.iscoroutine(result):
-                await result
-        tasks = [loop.create_task(job(server)) for job in background]
-        try:
-            await stop.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        log.info("shutting down: draining in-flight calls (up to %.0fs)", server.grace)
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        async with server:
+            if on_ready is not None:
+                result = on_ready(server)
+                if asyncio.iscoroutine(result):
+                    await result
+            tasks = [loop.create_task(job(server)) for job in background]
+            try:
+                await stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            log.info(
+                "shutting down: draining in-flight calls (up to %.0fs; a second signal "
+                "stops now)", server.grace,
+            )
+    except asyncio.CancelledError:
+        if not forced:
+            raise

@@ -20,7 +20,9 @@
 #   that is not base64); an --address that is not HOST:PORT (no port, port out of range,
 #   no host, IPv6 without brackets, empty); a --timeout that is not a finite number > 0;
 #   a --grace below 0 or not finite (serve and dev); an --allow-header that is not a
-#   header name or that is never forwarded (reserved, framing, binary).
+#   header name or that is never forwarded (reserved, framing, binary); a --max-memory or
+#   --max-message-size that is not a size, a --max-call-time that is not a time > 0.
+# - `okra serve` draining a call stuck in a guest: a second SIGINT stops it at once.
 # - `okra call`: a -bin header's base64 value reaches the server as bytes; an IPv6
 #   address in brackets reaches the server; request JSON that is not an object is
 #   INVALID_ARGUMENT before anything is sent; a duplicate JSON key and a package that is
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import grpc
@@ -501,5 +504,42 @@ def test_serve_prints_an_ipv6_host_in_brackets_that_okra_call_reaches(echo_packa
         if server.poll() is None:
             server.kill()
             server.wait()
+        server.stdout.close()
+        server.stderr.close()
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_the_server_without_waiting_out_the_grace_period(tmp_path):
+    descriptors = compile_protos(tmp_path, ["greeter/v1/greeter.proto"])
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "forever.wat").read_text())
+    package = write_package(tmp_path / "forever.okra.pkg", manifest=make_manifest(host_apis={}), wasm=wasm, descriptor_set=descriptors)
+    env = {**os.environ, "OKRA_CACHE_DIR": str(tmp_path / "cache")}
+    server = subprocess.Popen(
+        [OKRA, "serve", str(package), "--grpc-port", "0", "--http-port", "0", "--grace", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    call = None
+    try:
+        address = server.stdout.readline().strip().removeprefix("gRPC listening on ")
+        call = subprocess.Popen(
+            [OKRA, "call", "greeter.v1.Greeter/SayHello", '{"name": "x"}', "--address", address, "--timeout", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        time.sleep(1.0)  # the call is in the guest's endless loop
+        server.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert server.poll() is None  # draining: up to 60 s
+        started = time.monotonic()
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
+        assert time.monotonic() - started < 10
+        assert "second signal: stopping now" in server.stderr.read()
+        call.wait(timeout=20)
+        assert call.returncode != 0
+    finally:
+        for process in (server, call):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
         server.stdout.close()
         server.stderr.close()
