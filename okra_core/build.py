@@ -134,7 +134,7 @@ def check_key(manifest: Manifest, descriptor_set: bytes) -> None:
     try:
         check_key_field(manifest, schemas)
     except DeployError as exc:
-        raise BuildError(f"the built service would not deploy: {exc}") from None
+        raise BuildError(f"the service would not deploy: {exc}") from None
 
 
 def check_deployable(
