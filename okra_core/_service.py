@@ -151,10 +151,7 @@ class ServiceActor:
             try:
                 parse_input(method, payload)
             except ValueError as exc:
-                raise RpcError(
-                    StatusCode.INVALID_ARGUMENT,
-                    f"request is not a valid {method.input.full_name}: {exc}",
-                ) from None
+                raise _invalid_request(method, exc) from None
         else:
             key = self.check_request(method, payload, message.metadata)
         envelope = abi.encode_request(
@@ -255,18 +252,12 @@ class ServiceActor:
             try:
                 request = method.input_class.FromString(payload)
             except Exception as exc:
-                raise RpcError(
-                    StatusCode.INVALID_ARGUMENT,
-                    f"request is not a valid {method.input.full_name}: {exc}",
-                ) from None
+                raise _invalid_request(method, exc) from None
             return self._key_value(getattr(request, key.field), f"request field {key.field!r}")
         try:
             parse_input(method, payload)
         except ValueError as exc:
-            raise RpcError(
-                StatusCode.INVALID_ARGUMENT,
-                f"request is not a valid {method.input.full_name}: {exc}",
-            ) from None
+            raise _invalid_request(method, exc) from None
         if key is None:
             return None if self.activations is None else ""
         name = key.metadata
@@ -410,6 +401,12 @@ class ServiceActor:
         for stream in list(self.streams):  # still running after the grace period
             stream.cancel(StatusCode.UNAVAILABLE, f"{self.schema.name} is shutting down")
         self.workers.close()
+
+
+def _invalid_request(method: MethodSchema, exc: Exception) -> RpcError:
+    return RpcError(
+        StatusCode.INVALID_ARGUMENT, f"request is not a valid {method.input.full_name}: {exc}"
+    )
 
 
 def _expire(outcome: asyncio.Future, text: str) -> None:
