@@ -210,9 +210,7 @@ class ActorConfig:
     def from_json(cls, data: Any) -> ActorConfig:
         if not isinstance(data, dict):
             raise _fail(f'"actor" must be an object like {{"kind": "singleton"}}, got {_json_type(data)}')
-        for key in data:
-            if key not in _ACTOR_KEYS:
-                raise _fail(f'unknown key "actor.{key}": "actor" takes {", ".join(_ACTOR_KEYS)}')
+        _only_keys(data, "actor", _ACTOR_KEYS)
         key = data.get("key")
         if key is not None:
             if not isinstance(key, dict) or set(key) - {"metadata", "field"} or len(key) != 1:
@@ -256,10 +254,14 @@ class Limits:
     def from_json(cls, data: Any) -> Limits:
         if not isinstance(data, dict):
             raise _fail(f'"limits" must be an object, got {_json_type(data)}')
-        for key in data:
-            if key not in _LIMIT_KEYS:
-                raise _fail(f'unknown key "limits.{key}": "limits" takes {", ".join(_LIMIT_KEYS)}')
+        _only_keys(data, "limits", _LIMIT_KEYS)
         return cls(**data)
+
+
+def _only_keys(data: dict, section: str, known: Sequence[str]) -> None:
+    for key in data:
+        if key not in known:
+            raise _fail(f'unknown key "{section}.{key}": "{section}" takes {", ".join(known)}')
 
 
 def _check_seconds(where: str, value: Any) -> None:
