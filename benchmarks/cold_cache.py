@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,28 +30,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import wasmtime  # noqa: E402
-
+from bench_packages import echo_package, greeter_package  # noqa: E402
 from okra_core.config import RuntimeConfig  # noqa: E402
-from okra_core.manifest import PoolConfig  # noqa: E402
-from okra_core.package import Package, load_package  # noqa: E402
 from okra_core.runtime import Runtime  # noqa: E402
 from okra_plugins.engine_wasmtime import _instance  # noqa: E402
-from support import compile_protos, make_manifest  # noqa: E402
-
-ECHO_PROTO = """
-syntax = "proto3";
-package bench.v1;
-message Blob { bytes data = 1; }
-service Echo { rpc Echo(Blob) returns (Blob); }
-"""
 
 #: Bytes of memory written between two calls.
 SWEEPS = (0, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
 
 class HandleTimer:
-    """Times every `Instance.handle` of the wasmtime engine (wraps the method)."""
+    """Times every `Instance.handle` of the wasmtime engine (wraps the method). Enter it
+    before deploying: the runtime binds an instance's `handle` when it starts one."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -88,38 +77,21 @@ def cache_sizes() -> str:
     return ", ".join(caches) or "unknown"
 
 
-async def measure(runtime: Runtime, service: str, method: str, payload: bytes, sweep: int,
-                  iterations: int) -> tuple[float, float]:
+async def measure(runtime: Runtime, handle: HandleTimer, service: str, method: str,
+                  payload: bytes, sweep: int, iterations: int) -> tuple[float, float]:
     junk = bytearray(max(sweep, 1))
     for _ in range(500):
         await runtime.invoke(service, method, payload)
     invoke_samples = []
     clock = time.perf_counter
-    with HandleTimer() as handle:
-        for _ in range(iterations):
-            for i in range(0, sweep, 64):
-                junk[i] = (junk[i] + 1) & 0xFF
-            start = clock()
-            await runtime.invoke(service, method, payload)
-            invoke_samples.append(clock() - start)
+    handle.samples.clear()
+    for _ in range(iterations):
+        for i in range(0, sweep, 64):
+            junk[i] = (junk[i] + 1) & 0xFF
+        start = clock()
+        await runtime.invoke(service, method, payload)
+        invoke_samples.append(clock() - start)
     return statistics.median(invoke_samples) * 1e6, statistics.median(handle.samples) * 1e6
-
-
-def echo_package(workdir: pathlib.Path) -> Package:
-    descriptors = compile_protos(workdir, {"bench/v1/bench.proto": ECHO_PROTO})
-    wasm = wasmtime.wat2wasm((ROOT / "tests/fixtures/echo.wat").read_text())
-    manifest = make_manifest(name="bench", services=("bench.v1.Echo",), host_apis={}, pool=PoolConfig(1, 1))
-    return Package.from_parts(manifest=manifest, wasm=wasm, descriptor_set=descriptors)
-
-
-def greeter_package(workdir: pathlib.Path, given: pathlib.Path | None) -> Package:
-    if given is not None:
-        return load_package(given)
-    from okra_core.build import build_project
-
-    project = workdir / "greeter"
-    shutil.copytree(ROOT / "examples" / "greeter", project, ignore=shutil.ignore_patterns("dist", ".okra", "gen"))
-    return load_package(build_project(project).path)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -128,23 +100,28 @@ async def main(args: argparse.Namespace) -> None:
         greeter, echo = greeter_package(workdir, args.package), echo_package(workdir)
         runtime = Runtime(RuntimeConfig(engine_options={"cache_dir": str(workdir / "cache")}))
         await runtime.start()
-        try:
-            await runtime.deploy(greeter)
-            await runtime.deploy(echo)
-            hello = runtime.schema("greeter.v1.Greeter").methods["SayHello"].input_class
-            blob = runtime.schema("bench.v1.Echo").methods["Echo"].input_class
-            cases = [
-                ("Go greeter SayHello", "greeter.v1.Greeter", "SayHello", hello(name="Ada").SerializeToString()),
-                ("WAT echo, 100 B", "bench.v1.Echo", "Echo", blob(data=b"x" * 98).SerializeToString()),
-            ]
-            print(f"caches: {cache_sizes()}; {args.iterations} calls per cell; medians in us")
-            print(f"{'guest':<22} {'touched between calls':>22} {'Runtime.invoke':>15} {'Instance.handle':>16}")
-            for label, service, method, payload in cases:
-                for sweep in SWEEPS:
-                    invoke, handle = await measure(runtime, service, method, payload, sweep, args.iterations)
-                    print(f"{label:<22} {sweep // 1024:>19} KiB {invoke:15.1f} {handle:16.1f}")
-        finally:
-            await runtime.close(1)
+        with HandleTimer() as handle:
+            await _run(runtime, handle, greeter, echo, args.iterations)
+
+
+async def _run(runtime: Runtime, handle: HandleTimer, greeter, echo, iterations: int) -> None:
+    try:
+        await runtime.deploy(greeter)
+        await runtime.deploy(echo)
+        hello = runtime.schema("greeter.v1.Greeter").methods["SayHello"].input_class
+        blob = runtime.schema("bench.v1.Echo").methods["Echo"].input_class
+        cases = [
+            ("Go greeter SayHello", "greeter.v1.Greeter", "SayHello", hello(name="Ada").SerializeToString()),
+            ("WAT echo, 100 B", "bench.v1.Echo", "Echo", blob(data=b"x" * 98).SerializeToString()),
+        ]
+        print(f"caches: {cache_sizes()}; {iterations} calls per cell; medians in us")
+        print(f"{'guest':<22} {'touched between calls':>22} {'Runtime.invoke':>15} {'Instance.handle':>16}")
+        for label, service, method, payload in cases:
+            for sweep in SWEEPS:
+                invoke, inner = await measure(runtime, handle, service, method, payload, sweep, iterations)
+                print(f"{label:<22} {sweep // 1024:>19} KiB {invoke:15.1f} {inner:16.1f}")
+    finally:
+        await runtime.close(1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import asyncio
 import gc
 import logging
 import pathlib
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,32 +30,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_packages import echo_package, greeter_package  # noqa: E402
 from lang_go_support import message_classes  # noqa: E402
-from okra_core.build import build_project  # noqa: E402
 from okra_core.config import RuntimeConfig  # noqa: E402
-from okra_core.package import load_package  # noqa: E402
 from okra_core.runtime import Runtime  # noqa: E402
-from okra_core.manifest import PoolConfig  # noqa: E402
-from okra_core.package import Package  # noqa: E402
-from support import FIXTURES_DIR, compile_protos, make_manifest  # noqa: E402
-
-import wasmtime  # noqa: E402
-
-ECHO_PROTO = """
-syntax = "proto3";
-package bench.v1;
-message Blob { bytes data = 1; }
-service Echo { rpc Echo(Blob) returns (Blob); }
-"""
-
-
-def echo_package(workspace: pathlib.Path) -> Package:
-    descriptors = compile_protos(workspace / "protos", {"bench/v1/echo.proto": ECHO_PROTO})
-    manifest = make_manifest(
-        name="echo", services=("bench.v1.Echo",), host_apis={}, pool=PoolConfig(1, 1)
-    )
-    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "echo.wat").read_text())
-    return Package.from_parts(manifest=manifest, wasm=wasm, descriptor_set=descriptors)
 
 
 async def pair(runtime: Runtime, service: str, method: str, payload: bytes, n: int):
@@ -93,10 +70,7 @@ def report(label: str, cold: list[float], warm: list[float]) -> None:
 
 
 async def run(iterations: int, workspace: pathlib.Path, pooling_slots: int) -> None:
-    project = workspace / "greeter"
-    shutil.copytree(ROOT / "examples" / "greeter", project, ignore=shutil.ignore_patterns("dist", ".okra", "gen"))
-    build_project(project)
-    greeter = load_package(next((project / "dist").glob("*.okra.pkg")))
+    greeter = greeter_package(workspace)
     hello = message_classes(greeter.descriptor_set)("greeter.v1.HelloRequest")(name="Ada")
     options = {"cache_dir": str(workspace / "cache")}
     if pooling_slots:
