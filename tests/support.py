@@ -105,3 +105,16 @@ def zip_bytes(
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
                              compress_type=compression)
     return buffer.getvalue()
+
+
+def stop_processes(*processes: subprocess.Popen | None) -> None:
+    """End what a test started (kill what still runs) and close its pipes."""
+    for process in processes:
+        if process is None:
+            continue
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()

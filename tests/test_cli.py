@@ -47,7 +47,7 @@ import pytest
 import wasmtime
 
 from okra_core.package import load_package, write_package
-from support import FIXTURES_DIR, compile_protos, make_manifest
+from support import FIXTURES_DIR, compile_protos, make_manifest, stop_processes
 
 OKRA = str(Path(sys.executable).with_name("okra"))
 
@@ -501,11 +501,7 @@ def test_serve_prints_an_ipv6_host_in_brackets_that_okra_call_reaches(echo_packa
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        server.stdout.close()
-        server.stderr.close()
+        stop_processes(server)
 
 
 @pytest.mark.slow
@@ -537,9 +533,4 @@ def test_a_second_signal_stops_the_server_without_waiting_out_the_grace_period(t
         call.wait(timeout=20)
         assert call.returncode != 0
     finally:
-        for process in (server, call):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-        server.stdout.close()
-        server.stderr.close()
+        stop_processes(server, call)

@@ -38,7 +38,7 @@ from okra_core.runtime import Runtime
 from okra_core.status import RpcError, StatusCode
 from okra_plugins.transport_grpc._transport import GrpcTransport
 from okra_plugins.transport_grpc.client import call_json, list_services
-from support import FIXTURES_DIR, compile_protos
+from support import FIXTURES_DIR, compile_protos, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -197,11 +197,7 @@ def test_okra_serve_and_okra_call(package_path, tmp_path):
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert server.wait(timeout=30) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        server.stdout.close()
-        server.stderr.close()
+        stop_processes(server)
 
     result = okra("call", f"{ECHO}/Say", "--address", address, "--timeout", "5")
     assert result.returncode == 1 and "UNAVAILABLE: nothing answers at" in result.stderr
