@@ -32,6 +32,12 @@ def register_state_stores(register):
 
 
 @hookspec
+def register_secrets_providers(register):
+    """Register secrets providers: `register(name, factory)`, where
+    `factory(**options) -> okra_core.secrets.SecretsProvider`."""
+
+
+@hookspec
 def register_host_apis(register):
     """Register host APIs: `register(api)`, an `okra_core.hostapi.HostAPI`."""
 

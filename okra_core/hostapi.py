@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from okra_core.status import StatusCode
+
+if TYPE_CHECKING:
+    from okra_core.audit import Audit
+    from okra_core.clock import Clock
+    from okra_core.metrics import Metrics
+    from okra_core.secrets import SecretsProvider
+    from okra_core.state import StateStore
 
 
 class HostError(Exception):
@@ -48,7 +56,10 @@ class HostContext:
     The engine sets `memory` when it creates the instance.
     """
 
-    __slots__ = ("service", "logger", "memory", "pending", "config", "chain")
+    __slots__ = (
+        "service", "logger", "memory", "pending", "config", "chain", "key", "metadata",
+        "deadline",
+    )
 
     def __init__(self, service: str, logger: logging.Logger):
         self.service = service
@@ -61,6 +72,20 @@ class HostContext:
         #: The call chain (`okra_core.callchain.CallChain`) of the call the instance is
         #: running, for host functions that call other services; None between calls.
         self.chain: Any = None
+        #: The key of the call the instance is running: the actor key of a keyed service,
+        #: "" for a singleton, None for a regular service.
+        self.key: str | None = None
+        #: The request metadata of the call the instance is running.
+        self.metadata: Sequence[tuple[str, str]] = ()
+        #: When the running call must end, in `time.monotonic()` seconds (None: between
+        #: calls). Host functions that wait bound their wait by it.
+        self.deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds left before the running call's deadline (None if it has none)."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
 
     def return_data(self, data: bytes, out_ptr: int, out_cap: int) -> int:
         """Deliver a variable-size result by the ABI convention: write it if it fits,
@@ -99,6 +124,42 @@ class HostFunction:
         return f"{self.namespace}.{self.name}"
 
 
+class HostEnvironment:
+    """What the runtime lends every host API: its clock, metrics, audit log, state store,
+    secrets provider, and a way to call other services. One per runtime.
+
+    `state` and `secrets` are opened on first use, so a runtime whose services never ask
+    for state opens no database. `invoke` is called from a guest's worker thread and
+    blocks it (never the event loop) until the callee answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        audit: Audit,
+        state: Callable[[], StateStore],
+        secrets: Callable[[], SecretsProvider],
+        invoke: Callable[..., bytes],
+    ):
+        self.clock = clock
+        self.metrics = metrics
+        self.audit = audit
+        self._state = state
+        self._secrets = secrets
+        #: `invoke(ctx, service, method, payload, metadata, timeout) -> bytes`: call a
+        #: unary method of another service on behalf of the caller `ctx` (its chain is
+        #: carried). Raises `okra_core.status.RpcError`.
+        self.invoke = invoke
+
+    def state(self) -> StateStore:
+        return self._state()
+
+    def secrets(self) -> SecretsProvider:
+        return self._secrets()
+
+
 @runtime_checkable
 class HostAPI(Protocol):
     """A namespace of host functions, registered by a plugin."""
@@ -111,11 +172,19 @@ class HostAPI(Protocol):
     def function_names(self) -> Sequence[str]:
         """Every function this API offers."""
 
-    def functions(self, config: Mapping[str, Any]) -> Sequence[HostFunction]:
-        """Build the functions for one service, given its manifest config for this API.
+    def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
+        """Build the functions for one package, given its settings for this API (the
+        manifest's, narrowed by operator policy) and the runtime's environment.
 
-        Raise ConfigError for invalid config; it fails the deploy.
+        Raise ConfigError for invalid settings; it fails the deploy.
         """
+
+    # Optional:
+    # def narrow(self, requested: Mapping[str, Any], policy: Mapping[str, Any]) -> Mapping[str, Any]:
+    #     """The settings a package gets when an operator policy rule gives `policy` for
+    #     this API: `requested` (the manifest's) made no wider than `policy`. Raise
+    #     ConfigError when the package needs something the policy takes away; the deploy
+    #     fails naming the rule. An API without `narrow` accepts no policy settings."""
 
 
 def call_host_function(fn: HostFunction, ctx: HostContext, args: Sequence[int]) -> int:

@@ -29,7 +29,9 @@ DEFAULT_PLUGINS = (
     "okra_plugins.lang_go",
 )
 
-KINDS = ("engines", "transports", "state_stores", "host_apis", "languages")
+KINDS = (
+    "engines", "transports", "state_stores", "secrets_providers", "host_apis", "languages",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from okra_core.abi import iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
 from okra_core.status import StatusCode
 
 #: Longest message, and longest string field, a guest can log; longer ones are cut, so
@@ -78,7 +78,9 @@ class LogAPI:
     def function_names(self) -> Sequence[str]:
         return ("write", "enabled")
 
-    def functions(self, config: Mapping[str, Any]) -> Sequence[HostFunction]:
+    def functions(
+        self, config: Mapping[str, Any], env: HostEnvironment | None = None
+    ) -> Sequence[HostFunction]:
         unknown = set(config) - {"level"}
         if unknown:
             raise ConfigError(f"unknown okra.log settings: {', '.join(sorted(unknown))} (known: level)")

@@ -74,7 +74,7 @@ class FunctionsAPI:
     def function_names(self) -> Sequence[str]:
         return [f.name for f in self._functions]
 
-    def functions(self, config) -> Sequence[HostFunction]:
+    def functions(self, config, env=None) -> Sequence[HostFunction]:
         return self._functions
 
 

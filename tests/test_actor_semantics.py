@@ -173,7 +173,7 @@ class Probe:
     def function_names(self):
         return ("init", "work")
 
-    def functions(self, config):
+    def functions(self, config, env=None):
         return (
             HostFunction(self.namespace, "init", ("i32",), self.init),
             HostFunction(self.namespace, "work", ("i32", "i32"), self.work, blocking=True),

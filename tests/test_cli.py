@@ -106,7 +106,7 @@ class Clock:
     def function_names(self):
         return ("now",)
 
-    def functions(self, config):
+    def functions(self, config, env=None):
         return (HostFunction(self.namespace, "now", (), lambda ctx: 42),)
 
 

@@ -94,7 +94,7 @@ class Progress:
     def function_names(self):
         return ("progress",)
 
-    def functions(self, config):
+    def functions(self, config, env=None):
         def progress(ctx, i):
             if self.delay and i >= self.slow_from:
                 time.sleep(self.delay)

@@ -212,7 +212,7 @@ class SlowLog:
     def function_names(self):
         return ("write", "enabled")
 
-    def functions(self, config):
+    def functions(self, config, env=None):
         return (
             HostFunction(self.namespace, "write", ("i32", "i32", "i32"), lambda ctx, level, ptr, n: 0),
             HostFunction(self.namespace, "enabled", ("i32",), lambda ctx, level: 1),
