@@ -76,6 +76,15 @@ class Guest:
         self.handle = instance.handle
         self.abi_version = instance.abi_version
 
+    def begin(self, chain: CallChain | None, key: str | None, metadata: Any, deadline: float) -> None:
+        """Tell the host functions about the call the instance is about to run.
+        `deadline` is event-loop time, which is `time.monotonic()`."""
+        context = self.context
+        context.chain = chain
+        context.key = key
+        context.metadata = metadata
+        context.deadline = deadline
+
     def close(self) -> None:
         self.context.chain = None
         self.instance.close()
@@ -167,9 +176,12 @@ class ServiceActor:
             if pool is not None:  # the common case, inline: no coroutine for `lend`
                 lease = guest = await pool.acquire(deadline - loop.time())
                 chain = message.chain
-                guest.context.chain = None if chain is None else chain.then(self.schema.name)
+                guest.begin(
+                    None if chain is None else chain.then(self.schema.name), None,
+                    message.metadata, deadline,
+                )
             else:
-                lease, guest = await self.lend(key, message.chain, deadline)
+                lease, guest = await self.lend(key, message.chain, deadline, message.metadata)
             outcome = loop.create_future()
 
             def done(result, exc, lease=lease, outcome=outcome) -> None:
@@ -288,19 +300,24 @@ class ServiceActor:
             )
         return value
 
-    async def lend(self, key: str | None, chain: CallChain | None, deadline: float) -> tuple[Any, Guest]:
+    async def lend(
+        self, key: str | None, chain: CallChain | None, deadline: float,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> tuple[Any, Guest]:
         """An instance for one call (and the lease to give back to `finished`), with
-        the call's chain set on its context."""
+        the call's chain, key, metadata and deadline set on its context."""
         remaining = deadline - asyncio.get_running_loop().time()
         if self.activations is None:
             guest = await self.pool.acquire(remaining)
-            guest.context.chain = None if chain is None else chain.then(self.schema.name)
+            guest.begin(
+                None if chain is None else chain.then(self.schema.name), None, metadata, deadline
+            )
             return guest, guest
         if chain is None:
             chain = CallChain.new()
         activation = await self.activations.acquire(key, chain, remaining)
         guest = activation.instance
-        guest.context.chain = chain.then(hop_name(self.schema.name, key or None))
+        guest.begin(chain.then(hop_name(self.schema.name, key or None)), key, metadata, deadline)
         return activation, guest
 
     def finished(self, lease: Any, exc: BaseException | None) -> None:

@@ -223,7 +223,7 @@ async def open_stream(actor: ServiceActor, message: InvokeStream) -> ResponseStr
     )
     loop = asyncio.get_running_loop()
     deadline = min(message.deadline, loop.time() + actor.limits.call_seconds)
-    lease, guest = await actor.lend(key, message.chain, deadline)
+    lease, guest = await actor.lend(key, message.chain, deadline, message.metadata)
     stream = ResponseStream(
         loop,
         method.full_path,

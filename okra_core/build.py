@@ -112,10 +112,10 @@ def generate_project(path: str | pathlib.Path, registry: Registry | None = None)
 def check_grants(manifest: Manifest, registry: Registry, config: RuntimeConfig | None = None):
     """The requested host APIs exist and accept their settings; returns the grants.
     Raises BuildError with the message the deploy would give."""
-    from okra_core.runtime import grant_host_functions
+    from okra_core.grants import grant
 
     try:
-        return grant_host_functions(manifest, registry, config or RuntimeConfig())
+        return grant(manifest, registry, config or RuntimeConfig())
     except DeployError as exc:
         raise BuildError(f"the built service would not deploy: {exc}") from None
 
@@ -144,14 +144,15 @@ def check_deployable(
     and accept their settings, the module has the ABI's exports, and every import is
     granted. So `okra build` fails where `okra serve` would, with the same message.
     Compiling here also fills the engine's module cache for the first deploy."""
-    from okra_core.runtime import check_exports, check_imports
+    from okra_core.grants import check_imports
+    from okra_core.runtime import check_exports
 
     config = config or RuntimeConfig()
     grants = check_grants(manifest, registry, config)
     try:
         module = registry.engine(config.engine, **config.engine_options).compile(wasm)
         check_exports(module)
-        check_imports(module, grants, manifest.host_apis, config, manifest.abi_version)
+        check_imports(module, grants, manifest.host_apis, manifest.abi_version)
     except (DeployError, PackageError) as exc:
         raise BuildError(f"the built service would not deploy: {exc}") from None
 
@@ -170,6 +171,7 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         pool=PoolConfig(min=project.pool_min, max=project.pool_max, queue=project.pool_queue),
         actor=project.actor,
         limits=project.limits,
+        tags=project.tags,
         digests={},
         language=project.language,
     )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from okra_core.errors import ConfigError
+from okra_core.policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,8 +15,22 @@ class RuntimeConfig:
     #: Engine plugin name and its options (e.g. {"cache_dir": "/var/cache/okra"}).
     engine: str = "wasmtime"
     engine_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    #: Operator policy: the host APIs guests may be granted; None allows every installed one.
+    #: The host APIs guests may be granted at all; None allows every installed one.
     allowed_host_apis: frozenset[str] | None = None
+    #: Operator policy rules (deny, narrow, cap per service, package or tag;
+    #: docs/policy.md), e.g. `Policy.load("policy.toml")`.
+    policy: Policy | None = None
+    #: Where the runtime keeps what must outlive it (the sqlite state store's file).
+    data_dir: str = ".okra"
+    #: The state store behind okra.state (a `register_state_stores` plugin) and its
+    #: options; "sqlite" stores in `<data_dir>/state.db` unless given a `path`. Opened
+    #: when a service first uses state.
+    state_store: str = "sqlite"
+    state_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The secrets provider behind okra.secrets (a `register_secrets_providers` plugin)
+    #: and its options.
+    secrets_provider: str = "env"
+    secrets_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Upper bound for any service's pool max, whatever its manifest asks.
     max_instances_per_service: int = 64
     #: Deadline for calls that come without one, in seconds.

@@ -20,13 +20,13 @@ from typing import Any
 from okra_core.errors import PackageError
 
 #: The newest manifest format this module reads and writes. Format 2 added "actor",
-#: "limits" and "pool.queue"; a manifest that uses none of them is written as format 1,
-#: so older readers still load it.
-MANIFEST_FORMAT = 2
-SUPPORTED_FORMATS = frozenset({1, 2})
+#: "limits" and "pool.queue", format 3 "tags"; a manifest is written in the lowest format
+#: that can express it, so older readers still load it.
+MANIFEST_FORMAT = 3
+SUPPORTED_FORMATS = frozenset({1, 2, 3})
 #: Keys (top-level, or "pool.<key>") that arrived with a format, for the error that says
 #: which format to declare.
-_SINCE = {"actor": 2, "limits": 2, "pool.queue": 2}
+_SINCE = {"actor": 2, "limits": 2, "pool.queue": 2, "tags": 3}
 
 #: The members of an `.okra.pkg`, and the ones whose digests the manifest records.
 MANIFEST_MEMBER = "okra.service.json"
@@ -63,6 +63,7 @@ _KEYS = (
     "pool",
     "actor",
     "limits",
+    "tags",
     "digests",
     "extensions",
 )
@@ -293,6 +294,8 @@ class Manifest:
     #: Service kind and passivation, for every service of the package (docs/actors.md).
     actor: ActorConfig = ActorConfig()
     limits: Limits = Limits()
+    #: Labels an operator's policy rules can select the package by (docs/policy.md).
+    tags: tuple[str, ...] = ()
     #: Member name -> `sha256:<hex>`; filled in by `write_package`.
     digests: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The guest language, informational only.
@@ -330,6 +333,7 @@ class Manifest:
             raise _Invalid(f'"actor" must be an ActorConfig, got {type(self.actor).__name__}')
         if not isinstance(self.limits, Limits):
             raise _Invalid(f'"limits" must be a Limits, got {type(self.limits).__name__}')
+        set_(self, "tags", _check_tags(self.tags))
         set_(self, "digests", _check_digests(self.digests))
         if self.language is not None and (
             not isinstance(self.language, str) or not _NAME.fullmatch(self.language)
@@ -348,6 +352,8 @@ class Manifest:
             used.append("limits")
         if isinstance(self.pool, PoolConfig) and self.pool.queue is not None:
             used.append("pool.queue")
+        if self.tags:
+            used.append("tags")
         return used
 
     def _needed_format(self) -> int:
@@ -418,6 +424,7 @@ class Manifest:
             pool=PoolConfig(lo, hi, pool.get("queue")),
             actor=ActorConfig.from_json(data["actor"]) if "actor" in data else ActorConfig(),
             limits=Limits.from_json(data["limits"]) if "limits" in data else Limits(),
+            tags=_tags_from_json(data.get("tags", [])),
             digests=data.get("digests", {}),
             language=data.get("language"),
             format=data["format"],
@@ -440,6 +447,8 @@ class Manifest:
             out["actor"] = self.actor.to_json()
         if self.limits != Limits():
             out["limits"] = self.limits.to_json()
+        if self.tags:
+            out["tags"] = list(self.tags)
         out["digests"] = _sorted(self.digests)
         if self.extensions:
             out["extensions"] = _sorted(self.extensions)
@@ -454,6 +463,27 @@ class Manifest:
 
 
 # -- field checks -------------------------------------------------------------------------
+
+TAGS_MAX = 32
+
+
+def _tags_from_json(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f'"tags" must be a list of names such as ["payments"], got {_json_type(value)}')
+    return tuple(value)
+
+
+def _check_tags(tags: Any) -> tuple[str, ...]:
+    tags = tuple(tags) if isinstance(tags, (list, tuple)) else tags
+    if not isinstance(tags, tuple) or len(tags) > TAGS_MAX:
+        raise _Invalid(f'"tags" must be a list of at most {TAGS_MAX} names')
+    for tag in tags:
+        if not isinstance(tag, str) or not _NAME.fullmatch(tag) or len(tag) > NAME_MAX:
+            raise _Invalid(f'each tag must be a lower-case name such as "payments", got {tag!r}')
+    if len(set(tags)) != len(tags):
+        raise _Invalid('"tags" lists a tag twice')
+    return tags
+
 
 
 def _check_format(value: Any) -> None:

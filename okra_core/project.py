@@ -8,6 +8,7 @@ language = "go"
 proto = ["greeter/v1/greeter.proto"]   # relative to proto_root
 proto_root = "proto"
 services = ["greeter.v1.Greeter"]      # optional: default, every service in `proto`
+tags = ["public"]                      # optional: labels operator policy can select by
 
 [host_apis."okra.log"]                 # one table per host API, holding its config
 
@@ -37,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from okra_core.errors import ConfigError, PackageError
-from okra_core.manifest import ActorConfig, Limits, _check_queue, _Invalid
+from okra_core.manifest import ActorConfig, Limits, _check_queue, _check_tags, _Invalid
 
 PROJECT_FILE = "okra.toml"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -58,6 +59,7 @@ class Project:
     pool_queue: int | None = None
     actor: ActorConfig = ActorConfig()
     limits: Limits = Limits()
+    tags: tuple[str, ...] = ()
 
     @property
     def dist_dir(self) -> pathlib.Path:
@@ -99,7 +101,9 @@ def load_project(path: str | pathlib.Path) -> Project:
             f"{where}: unknown table(s) {', '.join(sorted(unknown))} (known: {', '.join(tables)})"
         )
     service = _table(data, "service", where)
-    unknown = set(service) - {"name", "version", "language", "proto", "proto_root", "services"}
+    unknown = set(service) - {
+        "name", "version", "language", "proto", "proto_root", "services", "tags",
+    }
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [service]: {', '.join(sorted(unknown))}")
     name = _str(service, "name", where)
@@ -120,6 +124,11 @@ def load_project(path: str | pathlib.Path) -> Project:
         not isinstance(services, list) or not all(isinstance(s, str) for s in services)
     ):
         raise ConfigError(f"{where}: service.services must be a list of service names")
+    tags = service.get("tags", [])
+    try:
+        tags = _check_tags(tags)
+    except _Invalid as exc:
+        raise ConfigError(f"{where}: service.{exc}") from None
 
     host_apis = data.get("host_apis", {})
     if not isinstance(host_apis, dict) or not all(isinstance(v, dict) for v in host_apis.values()):
@@ -158,6 +167,7 @@ def load_project(path: str | pathlib.Path) -> Project:
         pool_queue=pool.get("queue"),
         actor=actor,
         limits=limits,
+        tags=tags,
     )
 
 

@@ -11,8 +11,12 @@ server-streaming methods, `invoke_stream`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import inspect
 import logging
+import pathlib
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,17 +26,28 @@ from okra_core._service import Guest, Invoke, ServiceActor, ServiceLimits
 from okra_core._streaming import InvokeStream
 from okra_core._supervisor import Supervisor
 from okra_core._workers import CallRunner, WorkerThreads
-from okra_core.actors import ActorNotFound, ActorStopped, ActorSystem, local_actor_system
+from okra_core.actors import (
+    ActorNotFound,
+    ActorStopped,
+    ActorSystem,
+    local_actor_system,
+)
+from okra_core.audit import Audit
 from okra_core.callchain import CallChain
+from okra_core.clock import Clock, SystemClock
 from okra_core.config import RuntimeConfig
 from okra_core.descriptors import ServiceSchema
 from okra_core.engine import CompiledModule, Engine, GuestTrap, InstanceLimits
-from okra_core.errors import AbiError, CapabilityError, DeployError, OkraError, PluginError
-from okra_core.hostapi import HostContext, HostFunction
+from okra_core.errors import AbiError, DeployError
+from okra_core.grants import Grants, check_imports, grant, signature
+from okra_core.hostapi import HostContext, HostEnvironment, HostError
 from okra_core.manifest import KEYED, REGULAR, SINGLETON, Manifest, PoolConfig
+from okra_core.metrics import Metrics
 from okra_core.package import Package
 from okra_core.plugins import Registry, get_registry
 from okra_core.pool import InstancePool
+from okra_core.secrets import SecretsProvider
+from okra_core.state import StateStore
 from okra_core.status import RpcError, StatusCode
 
 log = logging.getLogger("okra.runtime")
@@ -63,9 +78,35 @@ class Runtime:
         config: RuntimeConfig | None = None,
         registry: Registry | None = None,
         actor_system: ActorSystem | None = None,
+        *,
+        clock: Clock | None = None,
     ):
         self.config = config or RuntimeConfig()
         self.registry = registry or get_registry()
+        #: What guests see as time (okra.time) and what state TTLs count in.
+        self.clock = clock or SystemClock()
+        #: The runtime's metrics and its services' (`metrics.render()`: Prometheus text).
+        self.metrics = Metrics()
+        #: Capability denials, logged to `okra.audit` and counted.
+        self.audit = Audit(self.metrics)
+        self._calls = self.metrics.counter(
+            "okra_calls_total", "Unary calls answered, by service, method and status code",
+            ("service", "method", "code"),
+        )
+        self._latency = self.metrics.histogram(
+            "okra_call_seconds", "Time to answer a unary call, by service",
+            ("service",),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._call_metrics: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._state: StateStore | None = None
+        self._secrets: SecretsProvider | None = None
+        self._host_lock = threading.Lock()
+        #: What host APIs reach the world through (docs/plugins.md).
+        self.host_environment = HostEnvironment(
+            clock=self.clock, metrics=self.metrics, audit=self.audit,
+            state=self._state_store, secrets=self._secrets_provider, invoke=self._invoke_from_guest,
+        )
         self._actor_system = actor_system
         self._engine: Engine | None = None
         self._deployments: dict[str, Deployment] = {}  # by package name
@@ -76,6 +117,7 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._actor_system is None:
             self._actor_system = local_actor_system()
         if self._engine is None:
@@ -90,6 +132,10 @@ class Runtime:
             for service in self._deployments.pop(name).services:
                 self._owner.pop(service, None)
                 self._emit("undeployed", service)
+        with self._host_lock:
+            store, self._state = self._state, None
+        if store is not None:
+            await asyncio.to_thread(store.close)
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -136,7 +182,12 @@ class Runtime:
         """What a service's instances are doing and what happened to them: its kind, pool
         (or activations) and supervision event counts (see docs/actors.md)."""
         actor = self._actor(service)
-        return {"kind": self._kind(service), **actor.stats()}
+        package = self._owner[service]
+        denials = self.audit.denials(service)
+        for api, count in self.audit.denials(package).items():
+            if package != service:
+                denials[api] = denials.get(api, 0) + count
+        return {"kind": self._kind(service), **actor.stats(), "denials": denials}
 
     def passivate(self, service: str) -> int:
         """Release a service's idle instances now, as idle time would; the service stays
@@ -180,11 +231,97 @@ class Runtime:
                 StatusCode.UNIMPLEMENTED, f"service {service} is not deployed"
             ) from None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.config.default_timeout if timeout is None else timeout)
+        started = loop.time()
+        deadline = started + (self.config.default_timeout if timeout is None else timeout)
+        code = "OK"
         try:
             return await ref.ask(Invoke(method, payload, metadata, deadline, chain))
+        except RpcError as exc:
+            code = exc.code.name
+            raise
         except ActorStopped:
+            code = "UNAVAILABLE"
             raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
+        finally:
+            self._count_call(service, method, code, loop.time() - started)
+
+    def _count_call(self, service: str, method: str, code: str, seconds: float) -> None:
+        children = self._call_metrics.get((service, method, code))
+        if children is None:
+            children = self._call_metrics[(service, method, code)] = (
+                self._calls.labels(service, method, code), self._latency.labels(service)
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    # -- what host APIs reach the world through ------------------------------------------
+
+    def _invoke_from_guest(
+        self,
+        ctx: HostContext,
+        service: str,
+        method: str,
+        payload: bytes,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float | None = None,
+    ) -> bytes:
+        """`Runtime.invoke` for a host function on a guest's worker thread: blocks that
+        thread, not the loop, until the callee answers; the caller's chain goes along."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RpcError(StatusCode.UNAVAILABLE, "runtime is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise HostError(
+                StatusCode.INTERNAL,
+                "a host function that calls services ran on the event loop; declare it "
+                "blocking=True",
+            )
+        future = asyncio.run_coroutine_threadsafe(
+            self.invoke(
+                service, method, payload, metadata=metadata, timeout=timeout, chain=ctx.chain
+            ),
+            loop,
+        )
+        limit = self.config.default_timeout if timeout is None else timeout
+        try:
+            # The callee's deadline ends the call; the margin only guards against a loop
+            # that stopped running, so a worker thread is never stuck for good.
+            return future.result(limit + 5.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RpcError(
+                StatusCode.DEADLINE_EXCEEDED, f"{service}/{method}: no answer in time"
+            ) from None
+        except concurrent.futures.CancelledError:
+            raise RpcError(StatusCode.CANCELLED, f"{service}/{method}: cancelled") from None
+
+    def _state_store(self) -> StateStore:
+        with self._host_lock:
+            if self._state is None:
+                options = dict(self.config.state_options)
+                name = self.config.state_store
+                if name == "sqlite" and "path" not in options:
+                    directory = pathlib.Path(self.config.data_dir)
+                    directory.mkdir(parents=True, exist_ok=True)
+                    options["path"] = str(directory / "state.db")
+                factory = self.registry.get("state_stores", name)
+                if "clock" in inspect.signature(factory).parameters:
+                    options.setdefault("clock", self.clock)
+                self._state = factory(**options)
+                log.info("state store: %s", name)
+            return self._state
+
+    def _secrets_provider(self) -> SecretsProvider:
+        with self._host_lock:
+            if self._secrets is None:
+                self._secrets = self.registry.get("secrets_providers", self.config.secrets_provider)(
+                    **self.config.secrets_options
+                )
+            return self._secrets
 
     async def invoke_stream(
         self,
@@ -227,19 +364,27 @@ class Runtime:
 
     # -- deploy ----------------------------------------------------------------------
 
-    async def deploy(self, package: Package) -> list[str]:
+    async def deploy(
+        self, package: Package, *, config: Mapping[str, str] | None = None
+    ) -> list[str]:
         """Deploy (or redeploy) a package; returns its services. All or nothing: raises
-        DeployError (or a subclass) and changes nothing if any check fails."""
+        DeployError (or a subclass) and changes nothing if any check fails.
+
+        `config` overrides values of the package's okra.config settings (the package
+        must ask for okra.config)."""
         engine = self.engine
         assert self._deploy_lock is not None and self._actor_system is not None
         async with self._deploy_lock:
             manifest = package.manifest
             self._check_owners(package)
             self._check_abi_version(manifest.abi_version)
-            grants = grant_host_functions(package.manifest, self.registry, self.config)
+            grants = grant(
+                package.manifest, self.registry, self.config, self.host_environment,
+                overrides=config,
+            )
             module = await asyncio.to_thread(engine.compile, package.wasm)
             check_exports(module)
-            check_imports(module, grants, manifest.host_apis, self.config, manifest.abi_version)
+            check_imports(module, grants, manifest.host_apis, manifest.abi_version)
             schemas = {name: package.schema(name) for name in manifest.services}
             check_key_field(manifest, schemas)
 
@@ -316,16 +461,16 @@ class Runtime:
         self,
         package: Package,
         module: CompiledModule,
-        grants: Mapping[str, HostFunction],
+        grants: Grants,
         schema: ServiceSchema,
         predecessor: ServiceActor | None = None,
     ) -> ServiceActor:
         manifest = package.manifest
-        config = self.config
+        config = grants.config  # the operator's caps, lowered by matching policy rules
         kind = manifest.actor.kind
         logger = logging.getLogger(f"okra.service.{schema.name}")
-        functions = [*abi.abi_functions(manifest.abi_version), *grants.values()]
-        configs = {ns: dict(cfg) for ns, cfg in manifest.host_apis.items()}
+        functions = [*abi.abi_functions(manifest.abi_version), *grants.functions.values()]
+        configs = grants.settings
         limits = manifest.limits
         instance_limits = InstanceLimits(
             memory_bytes=_capped(limits.memory_bytes, config.max_memory_bytes)
@@ -523,134 +668,21 @@ def _is_repeated(field: Any) -> bool:
     return label == field.LABEL_REPEATED if label is not None else bool(field.is_repeated)
 
 
-def grant_host_functions(
-    manifest: Manifest, registry: Registry, config: RuntimeConfig
-) -> dict[str, HostFunction]:
-    """The host functions a package's manifest is granted on a runtime with `config`, by
-    qualified name. Raises CapabilityError (or DeployError for bad host API settings)."""
-    granted: dict[str, HostFunction] = {}
-    for namespace, settings in manifest.host_apis.items():
-        if not config.allows(namespace):
-            allowed = ", ".join(sorted(config.allowed_host_apis or ())) or "none"
-            raise CapabilityError(
-                f"package {manifest.name!r} requests host API {namespace}, which "
-                f"the operator policy does not allow (allowed: {allowed})"
-            )
-        try:
-            api = registry.host_api(namespace)
-        except PluginError:
-            raise CapabilityError(
-                f"package {manifest.name!r} requests host API {namespace}, but no "
-                "installed plugin provides it (see `okra plugins`)"
-            ) from None
-        options = {k: v for k, v in settings.items() if k != "functions"}
-        wanted = settings.get("functions")
-        if wanted is not None:
-            unknown = sorted(set(wanted) - set(api.function_names()))
-            if unknown:
-                raise CapabilityError(
-                    f"host_apis[{namespace!r}].functions names {', '.join(unknown)}, "
-                    f"which {namespace} does not have (it has: "
-                    f"{', '.join(api.function_names())})"
-                )
-        try:
-            functions = api.functions(options)
-        except OkraError as exc:
-            raise DeployError(f"host API {namespace}: {exc}") from None
-        for fn in functions:
-            if wanted is None or fn.name in wanted:
-                granted[fn.qualified_name] = fn
-    return granted
-
-
 def check_exports(module: CompiledModule) -> None:
     exports = {e.name: e for e in module.exports}
-    for name, signature in abi.REQUIRED_EXPORTS.items():
+    for name, required in abi.REQUIRED_EXPORTS.items():
         export = exports.get(name)
-        expected = "memory" if signature is None else "func"
+        expected = "memory" if required is None else "func"
         if export is None or export.kind != expected:
             raise AbiError(
                 f"module does not export {expected} {name!r} required by the guest ABI: "
                 "was it built with an OKRA SDK?"
             )
-        if signature is not None and (export.params, export.results) != signature:
+        if required is not None and (export.params, export.results) != required:
             raise AbiError(
-                f"export {name!r} has type {_sig(export.params, export.results)}, but the "
-                f"guest ABI requires {_sig(*signature)}"
+                f"export {name!r} has type {signature(export.params, export.results)}, but the "
+                f"guest ABI requires {signature(*required)}"
             )
-
-
-def check_imports(
-    module: CompiledModule,
-    grants: Mapping[str, HostFunction],
-    requested: Mapping[str, Any],
-    config: RuntimeConfig,
-    abi_version: int = abi.ABI_VERSION,
-) -> None:
-    """Every import must be WASI, `okra.abi` (as of the module's ABI version), or a
-    granted host function; otherwise the error names the import and what would grant it."""
-    abi_names = {fn.name: fn for fn in abi.abi_functions(abi_version)}
-    for imp in module.imports:
-        if imp.module == abi.WASI_NAMESPACE:
-            continue  # the engine links WASI; an unknown WASI function fails at probe
-        name = imp.qualified_name
-        if imp.module == abi.ABI_NAMESPACE:
-            fn = abi_names.get(imp.name)
-            if fn is None:
-                raise AbiError(_undefined_abi_function(name, imp.name, abi_version))
-        elif imp.module.startswith(abi.HOST_API_PREFIX):
-            fn = grants.get(name)
-            if fn is None:
-                raise CapabilityError(_why_not_granted(imp.module, imp.name, requested, config))
-        else:
-            raise CapabilityError(
-                f"module imports {name} from namespace {imp.module!r}, which OKRA never "
-                f"links: guests may import only {abi.WASI_NAMESPACE}, {abi.ABI_NAMESPACE} "
-                "and granted okra.* host APIs"
-            )
-        if imp.kind != "func" or (imp.params, imp.results) != (fn.params, fn.results):
-            raise AbiError(
-                f"module imports {name} as {imp.kind} {_sig(imp.params, imp.results)}, but "
-                f"the host provides func {_sig(fn.params, fn.results)}"
-            )
-
-
-def _undefined_abi_function(name: str, function: str, abi_version: int) -> str:
-    message = f"module imports {name}, which guest ABI v{abi_version} does not define"
-    for later in sorted(abi.SUPPORTED_ABI_VERSIONS):
-        if later > abi_version and any(fn.name == function for fn in abi.abi_functions(later)):
-            return (
-                f"{message}; it arrived in v{later}: build the module for guest ABI v{later} "
-                f'and say "abi_version": {later} in okra.service.json'
-            )
-    return message
-
-
-def _why_not_granted(
-    namespace: str, function: str, requested: Mapping[str, Any], config: RuntimeConfig
-) -> str:
-    name = f"{namespace}.{function}"
-    if namespace not in requested:
-        return (
-            f"module imports {name}, but the manifest does not grant it: add "
-            f'"{namespace}" to "host_apis" in okra.service.json '
-            f'(in a project: a [host_apis."{namespace}"] table in okra.toml)'
-        )
-    if not config.allows(namespace):  # pragma: no cover - refused earlier, by grant_host_functions
-        return f"module imports {name}, but the operator policy denies {namespace}"
-    functions = requested[namespace].get("functions")
-    if functions is not None and function not in functions:
-        return (
-            f"module imports {name}, but the manifest grants only "
-            f"{', '.join(functions) or 'no functions'} of {namespace}: add "
-            f'"{function}" to host_apis["{namespace}"]["functions"] in okra.service.json '
-            f'(in a project: to functions in [host_apis."{namespace}"] in okra.toml)'
-        )
-    return f"module imports {name}, but host API {namespace} has no function {function!r}"
-
-
-def _sig(params: Sequence[str], results: Sequence[str]) -> str:
-    return f"({', '.join(params)}) -> ({', '.join(results)})"
 
 
 #: Longest guest stdout/stderr line logged; the rest of a longer line is counted, not kept.

@@ -148,9 +148,9 @@ def test_format_must_be_an_integer(value):
 
 
 def test_newer_format_asks_to_upgrade_even_with_unknown_keys():
-    data = with_(format=3)
+    data = with_(format=4)
     data["quota"] = {"cpu": 1}
-    rejected(data, "format 3 is newer", "upgrade okra")
+    rejected(data, "format 4 is newer", "upgrade okra")
 
 
 def test_unknown_older_format_is_rejected():
@@ -395,8 +395,8 @@ def test_empty_document_is_invalid_json():
 def test_constructor_validates_like_from_json():
     with pytest.raises(PackageError, match="^manifest: \"name\" must be"):
         Manifest(name="Bad Name", version="1.0.0", abi_version=1, services=("a.B",))
-    with pytest.raises(PackageError, match="format 3 is newer"):
-        Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",), format=3)
+    with pytest.raises(PackageError, match="format 4 is newer"):
+        Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",), format=4)
 
 
 def test_constructor_copies_dictionaries_and_lists():
