@@ -239,6 +239,27 @@ def server_options(command):
             "--allow-host-api", "allowed", multiple=True, metavar="NAMESPACE",
             help="Operator policy: host APIs guests may be granted (repeat; default: all installed).",
         ),
+        click.option(
+            "--policy", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+            help="Operator policy file: deny, narrow and cap host APIs per service, package or tag (docs/policy.md).",
+        ),
+        click.option(
+            "--state", "state", default="sqlite", show_default=True, metavar="STORE",
+            help="State store behind okra.state: sqlite (in --data-dir), memory, or a redis:// URL.",
+        ),
+        click.option(
+            "--data-dir", type=click.Path(file_okay=False), default=".okra", show_default=True,
+            help="Where the runtime keeps state that outlives it (the sqlite state store).",
+        ),
+        click.option(
+            "--secrets", default="env", show_default=True, metavar="PROVIDER",
+            help="Secrets provider behind okra.secrets: env (OKRA_SECRET_<NAME> variables) or dir:PATH (one file per secret).",
+        ),
+        click.option(
+            "--config", "config_values", multiple=True, metavar="[PACKAGE:]NAME=VALUE",
+            callback=_config_values,
+            help="Set an okra.config value at deploy, for every package or for PACKAGE (repeat).",
+        ),
         click.option("--engine", default="wasmtime", show_default=True, help="WebAssembly engine plugin."),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Compiled-module cache directory."),
         click.option(
@@ -255,18 +276,57 @@ def server_options(command):
     return command
 
 
+def _config_values(ctx, param, values) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in values:
+        target, sep, value = item.partition("=")
+        package, colon, name = target.rpartition(":")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE or PACKAGE:NAME=VALUE")
+        out.setdefault(package if colon else "", {})[name] = value
+    return out
+
+
+def _state_options(state: str) -> tuple[str, dict]:
+    if state.startswith(("redis://", "rediss://", "unix://")):
+        return "redis", {"url": state}
+    return state, {}
+
+
+def _secrets_options(secrets: str) -> tuple[str, dict]:
+    name, colon, path = secrets.partition(":")
+    if name == "dir":
+        if not path:
+            raise click.BadParameter("dir needs a directory: --secrets dir:/run/secrets", param_hint="--secrets")
+        return "dir", {"path": path}
+    if colon:
+        raise click.BadParameter(f"{secrets!r}: only dir takes a path (dir:PATH)", param_hint="--secrets")
+    return name, {}
+
+
 def _serve(
     packages, *, host, grpc_port, http_port, max_message_size, max_memory, max_call_time,
-    allow_headers, cors_origins, allowed, engine, cache_dir, log_level, grace, background=(),
+    allow_headers, cors_origins, allowed, policy, state, data_dir, secrets, config_values,
+    engine, cache_dir, log_level, grace, background=(),
 ):
     from okra_core.config import RuntimeConfig
+    from okra_core.policy import Policy
     from okra_core.serve import Listener, Server, serve_until_signalled
     setup_logging(log_level)
     options = {"cache_dir": cache_dir} if cache_dir else {}
     message_size = max_message_size
+    state_store, state_options = _state_options(state)
+    secrets_provider, secrets_options = _secrets_options(secrets)
     config = RuntimeConfig(
         engine=engine,
         engine_options=options,
+        policy=Policy.load(policy) if policy else None,
+        data_dir=data_dir,
+        state_store=state_store,
+        state_options=state_options,
+        secrets_provider=secrets_provider,
+        secrets_options=secrets_options,
+        config_overrides=config_values,
         allowed_host_apis=frozenset(allowed) if allowed else None,
         max_memory_bytes=max_memory,
         max_call_seconds=max_call_time,

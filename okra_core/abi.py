@@ -185,6 +185,26 @@ def _iter_fields(data: bytes | memoryview):
 iter_fields = _iter_fields
 
 
+def field_bytes(value: int | memoryview) -> bytes:
+    """A length-delimited field's bytes; ValueError if the field came with another wire
+    type (never `bytes(int)`, which would allocate that many zero bytes)."""
+    if not isinstance(value, memoryview):
+        raise ValueError("expected a length-delimited field, got a varint")
+    return bytes(value)
+
+
+def field_text(value: int | memoryview) -> str:
+    """A string field (UTF-8); ValueError on another wire type or invalid UTF-8."""
+    return field_bytes(value).decode("utf-8")
+
+
+def field_int(value: int | memoryview) -> int:
+    """A varint field; ValueError if the field came with another wire type."""
+    if not isinstance(value, int):
+        raise ValueError("expected a varint field")
+    return value
+
+
 def _take(ctx: HostContext, ptr: int, cap: int) -> int:
     data = ctx.pending
     if data is None:

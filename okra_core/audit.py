@@ -23,14 +23,17 @@ class Audit:
                 ("service", "api"),
             )
 
-    def denied(self, service: str, api: str, reason: str, **fields: Any) -> None:
-        """Record that `service` was refused something of host API `api`."""
+    def denied(
+        self, service: str, api: str, reason: str, *, level: int = logging.WARNING, **fields: Any
+    ) -> None:
+        """Record that `service` was refused something of host API `api`. A refusal
+        that fails a deploy is logged at DEBUG: the deploy's error already says it."""
         with self._lock:
             self._counts[(service, api)] += 1
         if self._metric is not None:
             self._metric.labels(service, api).inc()
-        logger.warning(
-            "denied: %s: %s: %s", service, api, reason,
+        logger.log(
+            level, "denied: %s: %s: %s", service, api, reason,
             extra={"okra_audit": {"event": "denied", "service": service, "api": api,
                                   "reason": reason, **fields}},
         )

@@ -31,6 +31,9 @@ class RuntimeConfig:
     #: and its options.
     secrets_provider: str = "env"
     secrets_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: okra.config values set at deploy, by package name ("" for every package that asks
+    #: for okra.config); they replace the manifest's values of the same names.
+    config_overrides: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     #: Upper bound for any service's pool max, whatever its manifest asks.
     max_instances_per_service: int = 64
     #: Deadline for calls that come without one, in seconds.

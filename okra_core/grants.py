@@ -10,6 +10,7 @@ forbids it. Denials at deploy are audit events, like denials at run time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,7 +68,7 @@ def grant(
 
     def deny(namespace: str, message: str) -> CapabilityError:
         if audit is not None:
-            audit.denied(manifest.name, namespace, message, at="deploy")
+            audit.denied(manifest.name, namespace, message, level=logging.DEBUG, at="deploy")
         return CapabilityError(message)
 
     requested = {ns: dict(s) for ns, s in manifest.host_apis.items()}

@@ -26,6 +26,13 @@ DEFAULT_PLUGINS = (
     "okra_plugins.transport_grpc",
     "okra_plugins.transport_connect",
     "okra_plugins.hostapi_log",
+    "okra_plugins.hostapi_time",
+    "okra_plugins.hostapi_config",
+    "okra_plugins.hostapi_secrets",
+    "okra_plugins.hostapi_metrics",
+    "okra_plugins.secrets_env",
+    "okra_plugins.secrets_dir",
+    "okra_plugins.hostapi_call",
     "okra_plugins.lang_go",
 )
 
@@ -99,6 +106,9 @@ class Registry:
 
     def transport(self, name: str, **options: Any):
         return self.get("transports", name)(**options)
+
+    def secrets_provider(self, name: str, **options: Any):
+        return self.get("secrets_providers", name)(**options)
 
     def host_api(self, namespace: str):
         return self.get("host_apis", namespace)

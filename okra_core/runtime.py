@@ -38,8 +38,8 @@ from okra_core.clock import Clock, SystemClock
 from okra_core.config import RuntimeConfig
 from okra_core.descriptors import ServiceSchema
 from okra_core.engine import CompiledModule, Engine, GuestTrap, InstanceLimits
-from okra_core.errors import AbiError, DeployError
-from okra_core.grants import Grants, check_imports, grant, signature
+from okra_core.errors import AbiError, DeployError, OkraError
+from okra_core.grants import CONFIG_API, Grants, check_imports, grant, signature
 from okra_core.hostapi import HostContext, HostEnvironment, HostError
 from okra_core.manifest import KEYED, REGULAR, SINGLETON, Manifest, PoolConfig
 from okra_core.metrics import Metrics
@@ -378,10 +378,13 @@ class Runtime:
             manifest = package.manifest
             self._check_owners(package)
             self._check_abi_version(manifest.abi_version)
+            if config is None:
+                config = self._config_overrides(manifest)
             grants = grant(
                 package.manifest, self.registry, self.config, self.host_environment,
                 overrides=config,
             )
+            await self._open_host_resources(grants)
             module = await asyncio.to_thread(engine.compile, package.wasm)
             check_exports(module)
             check_imports(module, grants, manifest.host_apis, manifest.abi_version)
@@ -438,6 +441,31 @@ class Runtime:
             )
             log.info("undeployed %s", package_name)
             return list(deployment.services)
+
+    async def _open_host_resources(self, grants: Grants) -> None:
+        """Open the state store and secrets provider a package is granted, so that a
+        store that cannot be reached fails the deploy, not the package's first call."""
+        for namespace, opener, what in (
+            ("okra.state", self._state_store, f"state store {self.config.state_store!r}"),
+            ("okra.secrets", self._secrets_provider,
+             f"secrets provider {self.config.secrets_provider!r}"),
+        ):
+            if namespace in grants.settings:
+                try:
+                    await asyncio.to_thread(opener)
+                except OkraError as exc:
+                    raise DeployError(f"{namespace}: {what}: {exc}") from None
+                except Exception as exc:
+                    raise DeployError(f"{namespace}: cannot open {what}: {exc}") from None
+
+    def _config_overrides(self, manifest: Manifest) -> dict[str, str] | None:
+        """The operator's okra.config overrides for a package (RuntimeConfig)."""
+        overrides = self.config.config_overrides
+        merged: dict[str, str] = {}
+        if CONFIG_API in manifest.host_apis:
+            merged.update(overrides.get("", {}))
+        merged.update(overrides.get(manifest.name, {}))
+        return merged or None
 
     def _check_owners(self, package: Package) -> None:
         for service in package.manifest.services:

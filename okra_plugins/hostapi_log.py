@@ -12,7 +12,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from okra_core.abi import iter_fields
+from okra_core.abi import field_bytes, field_int, iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
 from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
@@ -33,21 +33,24 @@ def decode_record(data: bytes) -> tuple[str, dict[str, Any]]:
     fields: dict[str, Any] = {}
     for number, value in iter_fields(data):
         if number == 1:
-            message = truncate(bytes(value).decode("utf-8", "replace"))
+            message = truncate(field_bytes(value).decode("utf-8", "replace"))
         elif number == 2:
             key = ""
             field_value: Any = None
-            for sub, raw in iter_fields(value):
+            for sub, raw in iter_fields(field_bytes(value)):
                 if sub == 1:
-                    key = truncate(bytes(raw).decode("utf-8", "replace"), 256)
+                    key = truncate(field_bytes(raw).decode("utf-8", "replace"), 256)
                 elif sub == 2:
-                    field_value = truncate(bytes(raw).decode("utf-8", "replace"))
+                    field_value = truncate(field_bytes(raw).decode("utf-8", "replace"))
                 elif sub == 3:
+                    raw = field_int(raw)
                     field_value = (raw >> 1) ^ -(raw & 1)  # zigzag
                 elif sub == 4:
+                    if not isinstance(raw, memoryview) or len(raw) != 8:
+                        raise ValueError("a double field must be 8 bytes")
                     field_value = struct.unpack("<d", raw)[0]
                 elif sub == 5:
-                    field_value = bool(raw)
+                    field_value = bool(field_int(raw))
             fields[key] = field_value
     return message, fields
 

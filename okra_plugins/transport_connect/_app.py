@@ -37,6 +37,10 @@ class _Connect(ConnectASGIApplication):
     path = "/"
 
 
+METRICS_PATH = "/metrics"
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
 class ConnectApp:
     """Serves every deployed service at ``/package.Service/Method``."""
 
@@ -47,9 +51,12 @@ class ConnectApp:
         max_body_size: int,
         cors: CorsPolicy | None = None,
         codecs: Iterable[Codec] = (BinaryCodec(), JsonCodec()),
+        metrics: Callable[[], str] | None = None,
     ):
         self.routes = routes
         self.cors = cors
+        #: Renders the runtime's metrics (Prometheus text), served at GET /metrics.
+        self.metrics = metrics
         self._connect = _Connect(
             service=None,
             endpoints=lambda _service: routes,
@@ -86,6 +93,10 @@ class ConnectApp:
                 return
             if self.cors.allows(origin):
                 send = _adding_headers(send, self.cors.response_headers(origin))
+        if scope["path"] == METRICS_PATH and self.metrics is not None and scope["method"] == "GET":
+            body = self.metrics().encode()
+            await _respond(send, 200, [(b"content-type", PROMETHEUS_TEXT)], body)
+            return
         target = self.routes.resolve(scope["path"])
         if type(target) is Refusal:
             await _refuse(content_type or b"", send, target)

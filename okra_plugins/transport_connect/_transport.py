@@ -94,6 +94,7 @@ class ConnectTransport:
             max_body_size=self.max_body_size,
             cors=cors,
             codecs=(BinaryCodec(), JsonCodec(discard_unknown=self.json_discard_unknown)),
+            metrics=getattr(getattr(runtime, "metrics", None), "render", None),
         )
         server = AsgiServer(self.app, self.server_options)
         bound = await server.start(host, port)
