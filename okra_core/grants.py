@@ -50,6 +50,8 @@ class Grants:
     narrowed_functions: dict[str, tuple[str, tuple[str, ...]]] = dataclasses.field(
         default_factory=dict
     )
+    #: RuntimeConfig cap -> who lowered it ("operator policy rule 'x'"), for messages.
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def grant(
@@ -134,7 +136,8 @@ def grant(
             if wanted is None or fn.name in wanted:
                 functions[fn.qualified_name] = fn
         settings[namespace] = options
-    return Grants(functions, settings, _capped_config(config, rules), rules, narrowed)
+    capped, sources = _capped_config(config, rules, policy)
+    return Grants(functions, settings, capped, rules, narrowed, sources)
 
 
 def _narrow(api: Any, namespace: str, options: dict, narrowing: dict, rule: Rule,
@@ -154,8 +157,11 @@ def _narrow(api: Any, namespace: str, options: dict, narrowing: dict, rule: Rule
         )) from None
 
 
-def _capped_config(config: RuntimeConfig, rules: Sequence[Rule]) -> RuntimeConfig:
+def _capped_config(
+    config: RuntimeConfig, rules: Sequence[Rule], policy: Policy
+) -> tuple[RuntimeConfig, dict[str, str]]:
     caps: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     fields = {
         "memory_bytes": "max_memory_bytes",
         "timeout_seconds": "max_call_seconds",
@@ -165,9 +171,10 @@ def _capped_config(config: RuntimeConfig, rules: Sequence[Rule]) -> RuntimeConfi
     for rule in rules:
         for key, value in rule.limits.items():
             field = fields[key]
-            current = caps.get(field, getattr(config, field))
-            caps[field] = min(current, value)
-    return dataclasses.replace(config, **caps) if caps else config
+            if value < caps.get(field, getattr(config, field)):
+                caps[field] = value
+                sources[field] = f"operator policy rule {rule.name!r} ({policy.source})"
+    return (dataclasses.replace(config, **caps) if caps else config), sources
 
 
 def _offline() -> HostEnvironment:

@@ -626,7 +626,9 @@ class Runtime:
                 call_seconds_source="limits.timeout_seconds"
                 if limits.timeout_seconds is not None
                 and limits.timeout_seconds <= config.max_call_seconds
-                else "the operator's max_call_seconds, okra serve --max-call-time",
+                else grants.sources.get(
+                    "max_call_seconds", "the operator's max_call_seconds, okra serve --max-call-time"
+                ),
                 request_bytes=_capped(limits.request_bytes, config.max_request_bytes),
                 response_bytes=_capped(limits.response_bytes, config.max_response_bytes),
             ),
