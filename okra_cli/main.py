@@ -380,25 +380,32 @@ def serve(packages, **options):
 
 
 @cli.command()
-@click.argument("path", default=".", type=click.Path(exists=True, path_type=pathlib.Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=pathlib.Path))
 @server_options
 @click.option("--reload/--no-reload", default=True, show_default=True,
               help="Rebuild and redeploy when the project's sources change.")
 @errors_as_one_line
-def dev(path: pathlib.Path, reload: bool, **options):
-    """Build the project at PATH and serve it locally; rebuild and redeploy it whenever
-    its sources change (a failed build is logged and the previous version keeps serving)."""
+def dev(paths: tuple[pathlib.Path, ...], reload: bool, **options):
+    """Build the projects at PATHS (default: .) and serve them locally; rebuild and
+    redeploy each whenever its sources change (a failed build is logged and the previous
+    version keeps serving). Several projects: services that call each other."""
     from okra_core.build import build_project
     from okra_core.dev import reload_on_change
     from okra_core.package import load_package
 
-    with err.status("building..."):
-        result = build_project(path)
-    err.print(f"built {result.path} in {result.seconds:.1f}s", highlight=False)
+    packages = []
+    for path in paths or (pathlib.Path("."),):
+        with err.status(f"building {path}..."):
+            result = build_project(path)
+        err.print(f"built {result.path} in {result.seconds:.1f}s", highlight=False)
+        packages.append(load_package(result.path))
     background = []
     if reload:
-        background.append(lambda server: reload_on_change(server.runtime, path, registry=server.registry))
-    _serve([load_package(result.path)], background=background, **options)
+        for path in paths or (pathlib.Path("."),):
+            background.append(
+                lambda server, path=path: reload_on_change(server.runtime, path, registry=server.registry)
+            )
+    _serve(packages, background=background, **options)
 
 
 # -- call -----------------------------------------------------------------------------
