@@ -1,0 +1,134 @@
+"""Host API `okra.secrets`: a service reads the secrets its manifest names, and no others.
+
+The values come from the runtime's secrets provider (`env`, `dir` or a plugin's), asked
+at every read so a rotated secret is seen at once. A value never appears in a log line
+or an error message: only names do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from okra_core.errors import ConfigError
+from okra_core.hookspecs import hookimpl
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.secrets import SECRET_NAME
+from okra_core.status import StatusCode
+
+#: Longest secret name (SECRET_NAME allows 128 characters, all ASCII).
+MAX_NAME_BYTES = 128
+
+SETTINGS = ("names",)
+POLICY_SETTINGS = ("names", "rule")
+
+
+def parse_names(names: Any, where: str) -> list[str]:
+    """A `names` setting, checked: a list of unique names matching SECRET_NAME."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f'{where}: names must be a list of secret names, e.g. ["PAYMENT_TOKEN"]')
+    for name in names:
+        if not SECRET_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: {name!r} is not a valid secret name (a letter or _, then letters, "
+                "digits or _; at most 128 characters)"
+            )
+    return list(dict.fromkeys(names))
+
+
+class SecretsAPI:
+    namespace = "okra.secrets"
+    description = "the secrets the manifest names, from the operator's secrets provider"
+
+    def function_names(self) -> Sequence[str]:
+        return ("get",)
+
+    def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
+        _check_keys(config, SETTINGS, "okra.secrets settings")
+        granted = frozenset(parse_names(config.get("names", []), 'host_apis."okra.secrets"'))
+        namespace = self.namespace
+        if granted:
+            # Open the provider at deploy: a misconfigured one fails the deploy, not the
+            # first call.
+            env.secrets()
+
+        def get(ctx: HostContext, name_ptr: int, name_len: int, out_ptr: int, out_cap: int) -> int:
+            if not 0 < name_len <= MAX_NAME_BYTES:
+                raise HostError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"a secret name is 1 to {MAX_NAME_BYTES} characters (got {name_len} bytes)",
+                )
+            assert ctx.memory is not None
+            raw = ctx.memory.read(name_ptr, name_len)
+            name = raw.decode("ascii", "replace")
+            if not raw.isascii() or not SECRET_NAME.fullmatch(name):
+                raise HostError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"{name!r} is not a secret name (a letter or _, then letters, digits or _)",
+                )
+            if name not in granted:
+                env.audit.denied(
+                    ctx.service, namespace, f"secret {name} is not granted", secret=name
+                )
+                raise HostError(
+                    StatusCode.PERMISSION_DENIED,
+                    f'secret {name} is not granted to {ctx.service}: add "{name}" to names in '
+                    f'[host_apis."okra.secrets"] in okra.toml',
+                )
+            provider = env.secrets()
+            try:
+                value = provider.get(name)
+            except Exception as exc:
+                # The exception is the provider's (a path, an errno), never the value.
+                ctx.logger.error(
+                    "secrets provider %s could not read secret %s: %s",
+                    getattr(provider, "name", "?"), name, exc,
+                )
+                raise HostError(
+                    StatusCode.UNAVAILABLE,
+                    f"secret {name} could not be read from the secrets provider "
+                    "(the host's log says why)",
+                ) from None
+            if value is None:
+                raise HostError(
+                    StatusCode.NOT_FOUND,
+                    f"secret {name} is granted but the secrets provider "
+                    f"({getattr(provider, 'name', '?')}) has no value for it",
+                )
+            return ctx.return_data(bytes(value), out_ptr, out_cap)
+
+        return (HostFunction(namespace, "get", ("i32", "i32", "i32", "i32"), get, blocking=True),)
+
+    def narrow(self, requested: Mapping[str, Any], policy: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The names granted are the manifest's that the policy lists too; a name the
+        manifest asks for and the policy does not list fails the deploy, naming both. A
+        policy without `names` does not restrict names."""
+        _check_keys(policy, POLICY_SETTINGS, "okra.secrets policy settings")
+        if "names" not in policy:
+            return requested
+        rule = str(policy.get("rule", "operator policy"))
+        allowed = set(parse_names(policy["names"], f"policy rule {rule!r}: okra.secrets"))
+        wanted = parse_names(requested.get("names", []), 'host_apis."okra.secrets"')
+        refused = [name for name in wanted if name not in allowed]
+        if refused:
+            listed = ", ".join(refused)
+            plural = len(refused) > 1
+            raise ConfigError(
+                f"policy rule {rule!r} does not allow secret{'s' if plural else ''} {listed}: "
+                f'remove {"them" if plural else "it"} from names in [host_apis."okra.secrets"] '
+                f"or ask the operator to allow {'them' if plural else 'it'}"
+            )
+        return {**requested, "names": [name for name in wanted if name in allowed]}
+
+
+def _check_keys(settings: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    unknown = set(settings) - set(known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(known)})"
+        )
+
+
+@hookimpl
+def register_host_apis(register):
+    register(SecretsAPI())
