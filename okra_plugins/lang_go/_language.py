@@ -54,7 +54,10 @@ class GoLanguage:
         """Write gen/ (one Go package per proto package) and the SDK copy in .okra/sdk."""
         project = pathlib.Path(request.project_dir)
         module = module_path(project)
-        files = generate_go(request.descriptor_set, request.proto_files, request.services, module)
+        files = generate_go(
+            request.descriptor_set, request.proto_files, request.services, module,
+            clients=request.dependencies,
+        )
         prefix = GEN_DIR + "/"
         generated = sync_tree(
             project / GEN_DIR,
@@ -95,13 +98,18 @@ def module_path(project: pathlib.Path) -> str:
 
 
 def sdk_files() -> dict[str, bytes]:
-    """The Go SDK shipped with this package: {file name: content}."""
+    """The Go SDK shipped with this package: {path relative to the SDK: content}. Its
+    subdirectories are packages of their own (okrahttp), imported only where needed."""
     sdk = importlib.resources.files("okra_plugins.lang_go") / "sdk"
-    return {
-        entry.name: entry.read_bytes()
-        for entry in sdk.iterdir()
-        if entry.name.endswith(".go") or entry.name == "go.mod"
-    }
+    files = {}
+    for entry in sdk.iterdir():
+        if entry.name.endswith(".go") or entry.name == "go.mod":
+            files[entry.name] = entry.read_bytes()
+        elif entry.is_dir():
+            for inner in entry.iterdir():
+                if inner.name.endswith(".go"):
+                    files[f"{entry.name}/{inner.name}"] = inner.read_bytes()
+    return files
 
 
 def install_sdk(project: pathlib.Path) -> list[pathlib.Path]:
