@@ -82,9 +82,16 @@ def prepare(path: str | pathlib.Path, registry: Registry | None = None):
     language = registry.language(project.language)
     descriptor_set = compile_descriptors(project.proto_root, project.proto)
     available = declared_services(descriptor_set, project.proto)
-    services = project.services if project.services is not None else tuple(available)
+    dependencies = call_dependencies(project)
+    if project.services is not None:
+        services = project.services
+    else:  # a dependency's .proto is among the project's, but its service is called, not served
+        services = tuple(s for s in available if s not in dependencies)
     if not services:
-        raise BuildError(f"{', '.join(project.proto)} declares no service")
+        raise BuildError(
+            f"{', '.join(project.proto)} declares no service"
+            + (" besides the dependencies the service calls" if available else "")
+        )
     for service in services:
         if service not in available:
             raise BuildError(
@@ -99,8 +106,18 @@ def prepare(path: str | pathlib.Path, registry: Registry | None = None):
         proto_files=project.proto,
         services=tuple(services),
         work_dir=project.work_dir,
+        dependencies=dependencies,
     )
     return project, language, request
+
+
+def call_dependencies(project: Project) -> tuple[str, ...]:
+    """The services the project calls: `[host_apis."okra.call"] services`. Settings of
+    the wrong shape are left for okra.call itself to refuse, with its own message."""
+    services = project.host_apis.get("okra.call", {}).get("services", ())
+    if not isinstance(services, list | tuple) or not all(isinstance(s, str) for s in services):
+        return ()
+    return tuple(dict.fromkeys(services))
 
 
 def generate_project(path: str | pathlib.Path, registry: Registry | None = None) -> list[pathlib.Path]:

@@ -31,6 +31,9 @@ class BuildRequest:
     services: tuple[str, ...]
     #: A scratch directory the language may use and leave behind (`.okra/build`).
     work_dir: pathlib.Path
+    #: Fully qualified names of the services the project calls (its dependencies,
+    #: `[host_apis."okra.call"] services`), to generate typed clients for.
+    dependencies: tuple[str, ...] = ()
 
 
 @runtime_checkable

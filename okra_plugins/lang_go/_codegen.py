@@ -14,6 +14,12 @@ nothing but the Go standard library and the OKRA SDK. Generated Go API, per mess
 
 and per service `S`: `type S interface { ... }` and `func RegisterS(impl S)`; per
 server-streaming method `M` of `S`: `type SMStream struct`, with `Send(*Resp) error`.
+
+Per service `D` the project calls (a dependency, `[host_apis."okra.call"] services`):
+`type DClient struct`, `func NewDClient(opts ...okra.CallOption) *DClient` and, per
+unary method `M`, `func (c *DClient) M(ctx *okra.Context, req *Req, opts
+...okra.CallOption) (*Resp, error)`; streaming methods are left out (okra.call is
+unary), with a comment saying so.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from okra_plugins.lang_go import _model
-from okra_plugins.lang_go._model import FD, GoField, GoPackage, GoService, GoType, Model
+from okra_plugins.lang_go._model import FD, GoClient, GoField, GoPackage, GoService, GoType, Model
 from okra_plugins.lang_go._names import Namespace
 from okra_plugins.lang_go._scalars import (
     CONSUME,
@@ -44,10 +50,15 @@ WIRE_FILE = "okra_wire" + GENERATED_SUFFIX
 
 
 def generate_go(
-    descriptor_set: bytes, proto_files: Sequence[str], services: Sequence[str], module: str
+    descriptor_set: bytes,
+    proto_files: Sequence[str],
+    services: Sequence[str],
+    module: str,
+    clients: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Generate the Go code for a project: {path relative to the project: source}."""
-    model = _model.build_model(descriptor_set, proto_files, services, module)
+    """Generate the Go code for a project: {path relative to the project: source}.
+    `services` are the ones it implements, `clients` the ones it calls (okra.call)."""
+    model = _model.build_model(descriptor_set, proto_files, services, module, clients)
     out: dict[str, str] = {}
     wire = wire_source()
     for pkg in model.packages:
@@ -60,7 +71,8 @@ def generate_go(
                 stem = "x" + stem  # Go ignores files whose names start with _ or .
             name = used.claim(stem + GENERATED_SUFFIX)
             services_here = [s for s in model.services if s.file is file]
-            out[f"{pkg.dir}/{name}"] = _FileWriter(model, pkg, file, services_here).render()
+            clients_here = [c for c in model.clients if c.file is file]
+            out[f"{pkg.dir}/{name}"] = _FileWriter(model, pkg, file, services_here, clients_here).render()
         out[f"{pkg.dir}/{WIRE_FILE}"] = _package_wire(wire, pkg.name)
     return dict(sorted(out.items()))
 
@@ -115,11 +127,15 @@ class _Writer:
 
 
 class _FileWriter:
-    def __init__(self, model: Model, pkg: GoPackage, file, services: list[GoService]):
+    def __init__(
+        self, model: Model, pkg: GoPackage, file, services: list[GoService],
+        clients: Sequence[GoClient] = (),
+    ):
         self.model = model
         self.pkg = pkg
         self.file = file
         self.services = services
+        self.clients = clients
         self.imports: dict[str, str] = {}  # import path -> alias used
         self.aliases = Namespace(_model.LOCAL_NAMES | wire_names() | {"okra"})
         self.comments = {
@@ -197,6 +213,8 @@ class _FileWriter:
                 self.message(t)
         for service in self.services:
             self.service(service)
+        for client in self.clients:
+            self.client(client)
         self.well_known_helpers(types)
 
         head = _Writer()
@@ -678,6 +696,49 @@ class _FileWriter:
         with w.block(f"func (s *{m.stream_type}) Send(resp *{output}) error"):
             w("return s.stream.Send(resp)")
 
+    # -- clients of dependencies ---------------------------------------------------
+
+    def client(self, c: GoClient) -> None:
+        w = self.w
+        okra = self.okra()
+        w()
+        w.comment(_wrap(
+            f"{c.type_name} calls the service {c.full_name} through the okra.call host API; "
+            "okra.toml must list the service as a dependency: "
+            f'[host_apis."okra.call"] services = ["{c.full_name}"]. Its zero value is ready to use.',
+            86,
+        ))
+        if c.skipped:
+            w("//")
+            names = ", ".join(f"{name} ({kind})" for name, kind in c.skipped)
+            w.comment(_wrap(f"Not callable, so left out: {names}; okra.call calls unary methods only.", 86))
+        with w.block(f"type {c.type_name} struct"):
+            w(f"opts []{okra}.CallOption")
+        w()
+        w.comment(_wrap(
+            f"{c.constructor} returns a client of {c.full_name}. opts apply to every call, "
+            "before the call's own options.",
+            86,
+        ))
+        with w.block(f"func {c.constructor}(opts ...{okra}.CallOption) *{c.type_name}"):
+            w(f"return &{c.type_name}{{opts: opts}}")
+        for m in c.methods:
+            output = self.ref(m.output)
+            w()
+            self.doc(m.path, f"{m.go_name} calls {c.full_name}/{m.proto_name}.")
+            with w.block(f"func (c *{c.type_name}) {m.go_name}(ctx *{okra}.Context, req *{self.ref(m.input)}, opts ...{okra}.CallOption) (*{output}, error)"):
+                w(f"resp := new({output})")
+                with w.block(f'if err := {okra}.InvokeMessage(ctx, "{c.full_name}", "{m.proto_name}", req, resp, c.options(opts)...); err != nil'):
+                    w("return nil, err")
+                w("return resp, nil")
+        w()
+        with w.block(f"func (c *{c.type_name}) options(opts []{okra}.CallOption) []{okra}.CallOption"):
+            with w.block("if c == nil || len(c.opts) == 0"):
+                w("return opts")
+            with w.block("if len(opts) == 0"):
+                w("return c.opts")
+            w(f"return append(append(make([]{okra}.CallOption, 0, len(c.opts)+len(opts)), c.opts...), opts...)")
+
     # -- google.protobuf conveniences ----------------------------------------------
 
     def well_known_helpers(self, types: list[GoType]) -> None:
@@ -724,6 +785,17 @@ def _paren_block(w: _Writer, keyword: str) -> Iterator[None]:
     yield
     w.depth -= 1
     w(")")
+
+
+def _wrap(text: str, width: int) -> str:
+    """Words joined into lines of at most `width` characters."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def _dedent_comment(text: str) -> str:

@@ -26,7 +26,7 @@ MESSAGE_METHODS = frozenset(
 
 #: Local names used inside generated functions; import aliases must avoid them.
 LOCAL_NAMES = frozenset(
-    "b v n x k m e p s ok err num typ start valueStart depth key value unknown dst ctx req resp in out impl".split()
+    "b c v n x k m e p s ok err num typ start valueStart depth key value unknown dst ctx req resp in out impl opts".split()
 )
 
 @dataclasses.dataclass(eq=False)
@@ -139,6 +139,21 @@ class GoService:
     methods: list[GoMethod] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(eq=False)
+class GoClient:
+    """The client of a service the project calls (a dependency, okra.call): a struct
+    with one method per unary method of the service."""
+
+    full_name: str
+    type_name: str  # e.g. "InventoryClient"
+    constructor: str  # e.g. "NewInventoryClient"
+    file: descriptor_pb2.FileDescriptorProto
+    path: tuple[int, ...]
+    methods: list[GoMethod] = dataclasses.field(default_factory=list)
+    #: (method name, kind) of the streaming methods, which okra.call cannot call.
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class Model:
     packages: list[GoPackage]
@@ -146,11 +161,18 @@ class Model:
     services: list[GoService]
     #: proto file name -> the file's types in declaration order (messages pre-order)
     file_types: dict[str, list[GoType]]
+    clients: list[GoClient] = dataclasses.field(default_factory=list)
 
 
 def build_model(
-    descriptor_set: bytes, proto_files: Sequence[str], services: Sequence[str], module: str
+    descriptor_set: bytes,
+    proto_files: Sequence[str],
+    services: Sequence[str],
+    module: str,
+    clients: Sequence[str] = (),
 ) -> Model:
+    """`services` are implemented by the project; `clients` are the services it calls
+    (its okra.call dependencies), found in any file of the descriptor set."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
     files = {f.name: f for f in fds.file}
     for name in proto_files:
@@ -163,7 +185,8 @@ def build_model(
         file_types[file.name] = _index_file(file, types)
 
     selected = _select_services(files, proto_files, services, types)
-    needed = _needed_files(files, proto_files, selected, types, file_types)
+    selected_clients = _select_clients(fds.file, clients)
+    needed = _needed_files(files, proto_files, selected, types, file_types, selected_clients)
     for name in needed:
         _check_syntax(files[name])
 
@@ -184,8 +207,9 @@ def build_model(
     for pkg in packages.values():
         _name_package(pkg, file_types, types)
     go_services = [_name_service(packages[files[f].package], s, files[f], i, types) for f, s, i in selected]
+    go_clients = [_name_client(packages[files[f].package], s, files[f], i, types) for f, s, i in selected_clients]
     _check_import_cycles(list(packages.values()), file_types)
-    return Model(list(packages.values()), types, go_services, file_types)
+    return Model(list(packages.values()), types, go_services, file_types, go_clients)
 
 
 def _index_file(file, types: dict[str, GoType]) -> list[GoType]:
@@ -241,6 +265,29 @@ def _select_services(files, proto_files, services, types):
     return selected
 
 
+def _select_clients(all_files, clients):
+    """(file name, ServiceDescriptorProto, index) of each service the project calls."""
+    by_name = {}
+    for file in all_files:
+        prefix = f"{file.package}." if file.package else ""
+        for i, service in enumerate(file.service):
+            by_name[prefix + service.name] = (file.name, service, i)
+    selected = []
+    for name in clients:
+        if name not in by_name:
+            raise BuildError(
+                f'okra.toml lists {name} in [host_apis."okra.call"] services, but no .proto '
+                "of the project declares it: add the service's .proto to [service] proto "
+                "(or import it from one), so that its client can be generated"
+            )
+        selected.append(by_name[name])
+    return selected
+
+
+def _unary(method) -> bool:
+    return not (method.client_streaming or method.server_streaming)
+
+
 def _type_of(types, type_name: str) -> GoType:
     t = types.get(type_name.lstrip("."))
     if t is None:
@@ -248,13 +295,19 @@ def _type_of(types, type_name: str) -> GoType:
     return t
 
 
-def _needed_files(files, proto_files, selected, types, file_types) -> list[str]:
+def _needed_files(files, proto_files, selected, types, file_types, clients=()) -> list[str]:
     """The project's files, plus every file defining a type they (or the selected
-    services) use, transitively. Imports used only for options are left out."""
+    services, or the unary methods of the clients) use, transitively, and the files
+    declaring the clients. Imports used only for options are left out."""
     needed: set[str] = set()
     todo = list(proto_files)
     for _, service, _ in selected:
         for method in service.method:
+            todo.append(_type_of(types, method.input_type).file.name)
+            todo.append(_type_of(types, method.output_type).file.name)
+    for file_name, service, _ in clients:
+        todo.append(file_name)
+        for method in filter(_unary, service.method):
             todo.append(_type_of(types, method.input_type).file.name)
             todo.append(_type_of(types, method.output_type).file.name)
     while todo:
@@ -382,6 +435,37 @@ def _name_service(pkg: GoPackage, service, file, index: int, types) -> GoService
             )
         )
     return go_service
+
+
+def _name_client(pkg: GoPackage, service, file, index: int, types) -> GoClient:
+    prefix = f"{file.package}." if file.package else ""
+    type_name = pkg.names.claim(go_camel_case(service.name) + "Client")
+    client = GoClient(
+        full_name=prefix + service.name,
+        type_name=type_name,
+        constructor=pkg.names.claim("New" + type_name),
+        file=file,
+        path=(6, index),
+    )
+    methods = Namespace()
+    for i, method in enumerate(service.method):
+        if not _unary(method):
+            kind = {
+                (False, True): "server-streaming",
+                (True, False): "client-streaming",
+            }.get((method.client_streaming, method.server_streaming), "bidirectional-streaming")
+            client.skipped.append((method.name, kind))
+            continue
+        client.methods.append(
+            GoMethod(
+                proto_name=method.name,
+                go_name=methods.claim(go_camel_case(method.name)),
+                input=_type_of(types, method.input_type),
+                output=_type_of(types, method.output_type),
+                path=(6, index, 2, i),
+            )
+        )
+    return client
 
 
 def _check_import_cycles(packages: list[GoPackage], file_types) -> None:
