@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from okra_core.errors import ConfigError
+from okra_core.errors import ConfigError, OkraError
 from okra_core.hookspecs import hookimpl
 from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
 from okra_core.secrets import SECRET_NAME
@@ -48,9 +48,16 @@ class SecretsAPI:
         granted = frozenset(parse_names(config.get("names", []), 'host_apis."okra.secrets"'))
         namespace = self.namespace
         if granted:
-            # Open the provider at deploy: a misconfigured one fails the deploy, not the
-            # first call.
-            env.secrets()
+            # Open the provider at deploy, so a misconfigured one (a dir that does not
+            # exist) fails the deploy rather than the first call. Any other failure (an
+            # offline build check has no provider; a remote store is down) is left to
+            # `get`, which reports it to the guest and retries on the next call.
+            try:
+                env.secrets()
+            except OkraError:
+                raise
+            except Exception:
+                pass
 
         def get(ctx: HostContext, name_ptr: int, name_len: int, out_ptr: int, out_cap: int) -> int:
             if not 0 < name_len <= MAX_NAME_BYTES:
@@ -75,15 +82,19 @@ class SecretsAPI:
                     f'secret {name} is not granted to {ctx.service}: add "{name}" to names in '
                     f'[host_apis."okra.secrets"] in okra.toml',
                 )
-            provider = env.secrets()
+            provider = None
             try:
+                provider = env.secrets()
                 value = provider.get(name)
             except Exception as exc:
                 # The exception is the provider's (a path, an errno), never the value.
-                ctx.logger.error(
-                    "secrets provider %s could not read secret %s: %s",
-                    getattr(provider, "name", "?"), name, exc,
-                )
+                if provider is None:
+                    ctx.logger.error("the secrets provider could not be opened to read secret %s: %s", name, exc)
+                else:
+                    ctx.logger.error(
+                        "secrets provider %s could not read secret %s: %s",
+                        getattr(provider, "name", "?"), name, exc,
+                    )
                 raise HostError(
                     StatusCode.UNAVAILABLE,
                     f"secret {name} could not be read from the secrets provider "
