@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "okra_plugins.secrets_env",
     "okra_plugins.secrets_dir",
     "okra_plugins.hostapi_call",
+    "okra_plugins.hostapi_http",
     "okra_plugins.lang_go",
 )
 
