@@ -35,6 +35,10 @@
 //
 // The package implements the guest side of the OKRA ABI, version 2 (docs/abi.md): the
 // exports okra_abi_version, okra_buffer and okra_handle, the request and response
-// envelopes, okra.abi.send for streams, and bindings for the host APIs (okra.log). It
-// uses only the standard library, so a build never downloads a module.
+// envelopes, okra.abi.send for streams, and typed bindings for the host APIs: Log
+// (okra.log), State (okra.state), Invoke and the generated clients of dependencies
+// (okra.call), Now (okra.time), Config (okra.config), Secret (okra.secrets), HTTP
+// (okra.http; package okrahttp adapts net/http) and NewCounter, NewGauge and
+// NewHistogram (okra.metrics). It uses only the standard library, so a build never
+// downloads a module.
 package okra
