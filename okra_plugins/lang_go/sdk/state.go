@@ -66,8 +66,9 @@ type StateOption struct {
 	ttl time.Duration
 }
 
-// WithTTL makes a written value expire after d (rounded up to whole milliseconds); a
-// value without a TTL never expires. A later write without WithTTL removes the TTL.
+// WithTTL makes a written value expire after d (rounded up to whole milliseconds), by
+// the runtime's clock; a value without a TTL never expires. Every write sets the TTL
+// anew: a later write without WithTTL removes it.
 func WithTTL(d time.Duration) StateOption { return StateOption{ttl: d} }
 
 func ttlMillis(opts []StateOption) (int64, error) {
@@ -156,7 +157,8 @@ func (s *StateStore) CompareAndSet(key string, expected int64, value []byte, opt
 // Increment adds delta to the decimal integer stored under key (a missing key counts
 // as 0) and returns the result, atomically. A value that is not a decimal integer fails
 // with an error for which errors.Is(err, ErrNotAnInteger) holds (code
-// FailedPrecondition). A TTL given here replaces the value's TTL.
+// FailedPrecondition). Like every write, it gives the value the TTL of its options,
+// none without WithTTL.
 func (s *StateStore) Increment(key string, delta int64, opts ...StateOption) (int64, error) {
 	ttl, err := ttlMillis(opts)
 	if err != nil {
