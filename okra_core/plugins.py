@@ -32,6 +32,9 @@ DEFAULT_PLUGINS = (
     "okra_plugins.hostapi_metrics",
     "okra_plugins.secrets_env",
     "okra_plugins.secrets_dir",
+    "okra_plugins.store_memory",
+    "okra_plugins.store_sqlite",
+    "okra_plugins.store_redis",
     "okra_plugins.hostapi_call",
     "okra_plugins.hostapi_http",
     "okra_plugins.lang_go",
@@ -107,6 +110,9 @@ class Registry:
 
     def transport(self, name: str, **options: Any):
         return self.get("transports", name)(**options)
+
+    def state_store(self, name: str, **options: Any):
+        return self.get("state_stores", name)(**options)
 
     def secrets_provider(self, name: str, **options: Any):
         return self.get("secrets_providers", name)(**options)
