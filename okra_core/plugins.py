@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "okra_plugins.store_memory",
     "okra_plugins.store_sqlite",
     "okra_plugins.store_redis",
+    "okra_plugins.hostapi_state",
     "okra_plugins.hostapi_call",
     "okra_plugins.hostapi_http",
     "okra_plugins.lang_go",
