@@ -300,6 +300,9 @@ class Runtime:
             raise RpcError(StatusCode.CANCELLED, f"{service}/{method}: cancelled") from None
 
     def _state_store(self) -> StateStore:
+        store = self._state
+        if store is not None:  # the common case, on every okra.state call: no lock
+            return store
         with self._host_lock:
             if self._state is None:
                 options = dict(self.config.state_options)
@@ -316,6 +319,9 @@ class Runtime:
             return self._state
 
     def _secrets_provider(self) -> SecretsProvider:
+        provider = self._secrets
+        if provider is not None:
+            return provider
         with self._host_lock:
             if self._secrets is None:
                 self._secrets = self.registry.get("secrets_providers", self.config.secrets_provider)(

@@ -237,8 +237,10 @@ class StateAPI:
 
         def get(ctx: HostContext, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:
             key = read_key(ctx, key_ptr, key_len)
-            namespace = namespace_of(ctx)
-            entry = store_call(ctx, "get", lambda store: store.get(namespace, key))
+            try:  # store_call, inline: this is the hot path
+                entry = env.state().get(namespace_of(ctx), key)
+            except Exception:
+                entry = store_call(ctx, "get", lambda store: store.get(namespace_of(ctx), key))
             if entry is None:
                 raise HostError(StatusCode.NOT_FOUND, "no value is stored under this key")
             return ctx.return_data(_I64.pack(entry.version) + entry.value, out_ptr, out_cap)
