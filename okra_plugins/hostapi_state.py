@@ -65,7 +65,7 @@ class StateSettings:
         """Where a setting's value comes from, for error messages."""
         rule = self.policy_rules.get(setting)
         if rule is not None:
-            return f"set by operator policy rule {rule!r}"
+            return f"{setting} set by operator policy rule {rule!r}"
         return f'{setting} in [host_apis."{NAMESPACE}"] in okra.toml'
 
 
@@ -175,20 +175,15 @@ class StateAPI:
         def refuse_writes(ctx: HostContext, what: str) -> None:
             if not settings.read_only:
                 return
-            source = settings.source("read_only")
-            env.audit.denied(
-                ctx.service, api, f"okra.state is read-only ({source}): {what} refused",
-                function=what,
-            )
-            remedy = (
-                f'set read_only = false in [host_apis."{NAMESPACE}"] in okra.toml'
-                if "read_only" not in settings.policy_rules
-                else "ask the operator"
-            )
+            rule = settings.policy_rules.get("read_only")
+            if rule is None:
+                why = f'read_only = true in [host_apis."{NAMESPACE}"] in okra.toml; set it to false to write'
+            else:
+                why = f"read_only = true set by operator policy rule {rule!r}; ask the operator to allow writes"
+            env.audit.denied(ctx.service, api, f"state is read-only: {what} refused", function=what)
             raise HostError(
                 StatusCode.PERMISSION_DENIED,
-                f"okra.state.{what} refused: state is read-only for {ctx.service} "
-                f"(read_only = true, {source}); to write, {remedy}",
+                f"okra.state.{what} refused: state is read-only for {ctx.service} ({why})",
             )
 
         def read_key(ctx: HostContext, ptr: int, length: int) -> bytes:
@@ -196,7 +191,7 @@ class StateAPI:
                 raise HostError(
                     StatusCode.INVALID_ARGUMENT,
                     f"a key is 1 to {max_key} bytes, got {length} "
-                    f"(max_key_bytes, {settings.source('max_key_bytes')})",
+                    f"({settings.source('max_key_bytes')})",
                 )
             assert ctx.memory is not None
             return ctx.memory.read(ptr, length)
@@ -208,7 +203,7 @@ class StateAPI:
                 raise HostError(
                     StatusCode.RESOURCE_EXHAUSTED,
                     f"the value is {length} bytes; at most {max_value} may be stored "
-                    f"(max_value_bytes, {settings.source('max_value_bytes')})",
+                    f"({settings.source('max_value_bytes')})",
                 )
             assert ctx.memory is not None
             return ctx.memory.read(ptr, length)
@@ -307,10 +302,7 @@ class StateAPI:
                     ctx, "increment", lambda store: store.increment(namespace, key, delta, ttl=ttl)
                 )
             except NotAnInteger as exc:
-                raise HostError(
-                    StatusCode.FAILED_PRECONDITION,
-                    f"cannot increment: {exc}; a counter is a decimal integer such as b\"42\"",
-                ) from None
+                raise HostError(StatusCode.FAILED_PRECONDITION, f"cannot increment: {exc}") from None
             except OverflowError:
                 raise HostError(
                     StatusCode.OUT_OF_RANGE,
