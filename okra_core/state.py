@@ -15,10 +15,14 @@ them):
   than any version the key had before in that namespace; a missing key has version 0.
 * `ttl` (seconds) makes a value expire; an expired value reads as missing. A write
   without `ttl` clears any earlier expiry.
-* `increment` keeps the counter as a decimal integer (b"42"), so `get` reads it; it
-  raises `NotAnInteger` if the stored value is something else.
+* `ttl` is above 0 and at most a century (ValueError otherwise).
+* `increment` keeps the counter as a decimal integer (b"42", `-?[0-9]+` within signed 64
+  bits), so `get` reads it; it raises `NotAnInteger` if the stored value is something
+  else, and `OverflowError` (changing nothing) if the result would leave 64 bits.
 * `list` returns entries in byte order of key, `limit` at a time; the page's `cursor`,
-  passed back, continues after the last key returned (None when nothing is left).
+  passed back, continues after the last key returned (None when nothing is left). A
+  cursor is a key: `cursor=k` lists the keys after `k`, so a caller may cut a page short
+  and continue from the last key it kept.
 * Namespaces are isolated: nothing in one can be read, listed or changed through another.
 """
 
