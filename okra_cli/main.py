@@ -245,6 +245,7 @@ def server_options(command):
         ),
         click.option(
             "--state", "state", default="sqlite", show_default=True, metavar="STORE",
+            callback=_state_options,
             help="State store behind okra.state: sqlite (in --data-dir), memory, or a redis:// URL.",
         ),
         click.option(
@@ -253,6 +254,7 @@ def server_options(command):
         ),
         click.option(
             "--secrets", default="env", show_default=True, metavar="PROVIDER",
+            callback=_secrets_options,
             help="Secrets provider behind okra.secrets: env (OKRA_SECRET_<NAME> variables) or dir:PATH (one file per secret).",
         ),
         click.option(
@@ -287,20 +289,20 @@ def _config_values(ctx, param, values) -> dict[str, dict[str, str]]:
     return out
 
 
-def _state_options(state: str) -> tuple[str, dict]:
+def _state_options(ctx, param, state: str) -> tuple[str, dict]:
     if state.startswith(("redis://", "rediss://", "unix://")):
         return "redis", {"url": state}
     return state, {}
 
 
-def _secrets_options(secrets: str) -> tuple[str, dict]:
+def _secrets_options(ctx, param, secrets: str) -> tuple[str, dict]:
     name, colon, path = secrets.partition(":")
     if name == "dir":
         if not path:
-            raise click.BadParameter("dir needs a directory: --secrets dir:/run/secrets", param_hint="--secrets")
+            raise click.BadParameter("dir needs a directory: --secrets dir:/run/secrets")
         return "dir", {"path": path}
     if colon:
-        raise click.BadParameter(f"{secrets!r}: only dir takes a path (dir:PATH)", param_hint="--secrets")
+        raise click.BadParameter(f"{secrets!r}: only dir takes a path (dir:PATH)")
     return name, {}
 
 
@@ -315,8 +317,8 @@ def _serve(
     setup_logging(log_level)
     options = {"cache_dir": cache_dir} if cache_dir else {}
     message_size = max_message_size
-    state_store, state_options = _state_options(state)
-    secrets_provider, secrets_options = _secrets_options(secrets)
+    state_store, state_options = state
+    secrets_provider, secrets_options = secrets
     config = RuntimeConfig(
         engine=engine,
         engine_options=options,

@@ -118,6 +118,9 @@ class Runtime:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # A misspelt store or provider fails here, before anything is deployed.
+        self.registry.get("state_stores", self.config.state_store)
+        self.registry.get("secrets_providers", self.config.secrets_provider)
         if self._actor_system is None:
             self._actor_system = local_actor_system()
         if self._engine is None:
