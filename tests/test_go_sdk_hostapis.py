@@ -491,6 +491,11 @@ async def test_net_http_client_over_okrahttp(runtime, messages, web):
     assert (teapot.status, teapot.body) == (418, b"teapot")
     denied = await fetch(runtime, messages, "net_http", web.replace("127.0.0.1", "localhost"), method="GET")
     assert (denied.code, denied.url_error) == (7, True)
+    # A Host other than the URL's would reach another virtual host: refused in the guest.
+    other_host = await fetch(runtime, messages, "net_http", f"{web}/echo", method="GET",
+                             headers=["Host=internal.example"])
+    assert (other_host.code, other_host.url_error) == (3, True)
+    assert "does not allow overriding Host" in other_host.error
 
 
 # -- okra.metrics ------------------------------------------------------------------------

@@ -61,7 +61,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	if req.Host != "" && req.Host != req.URL.Host {
-		r.Header = append(r.Header, okra.HTTPHeader{Name: "Host", Value: req.Host})
+		// okra.http sends every request to the host its URL names, with that Host: a
+		// guest-chosen Host could reach another virtual host behind an allowed address.
+		return nil, okra.Errorf(okra.InvalidArgument,
+			"okrahttp: Request.Host %q differs from the URL's host %q; okra.http does not allow "+
+				"overriding Host: put the host in the URL", req.Host, req.URL.Host)
 	}
 	if deadline, ok := req.Context().Deadline(); ok {
 		r.Timeout = time.Until(deadline)
