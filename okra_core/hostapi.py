@@ -187,6 +187,21 @@ class HostAPI(Protocol):
     #     fails naming the rule. An API without `narrow` accepts no policy settings."""
 
 
+def check_settings(
+    settings: Mapping[str, Any], known: Sequence[str], what: str, *, internal: Sequence[str] = ()
+) -> None:
+    """Refuse unknown settings, so a typo fails the deploy instead of granting nothing.
+    `internal` keys are accepted but not listed (ones an API's `narrow` adds)."""
+    unknown = set(settings) - set(known) - set(internal)
+    if unknown:
+        from okra_core.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
+
+
 def call_host_function(fn: HostFunction, ctx: HostContext, args: Sequence[int]) -> int:
     """Run a host function by the ABI convention; every engine calls through here.
 

@@ -16,7 +16,7 @@ from typing import Any
 from okra_core.abi import field_bytes, field_int, field_text, iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.status import RpcError, StatusCode
 
 NAMESPACE = "okra.call"
@@ -80,11 +80,7 @@ class CallAPI:
     def narrow(self, requested: Mapping[str, Any], policy: Mapping[str, Any]) -> Mapping[str, Any]:
         """A policy's `services` list bounds the dependencies: a package that declares a
         service outside it cannot be deployed."""
-        unknown = set(policy) - {"services", "rule"}
-        if unknown:
-            raise ConfigError(
-                f"unknown okra.call policy settings: {', '.join(sorted(unknown))} (known: services)"
-            )
+        check_settings(policy, ("services",), "okra.call policy settings", internal=("rule",))
         if "services" not in policy:
             return requested
         permitted = set(_services(policy, "services"))
@@ -99,11 +95,7 @@ class CallAPI:
 
 
 def _services(config: Mapping[str, Any], key: str) -> list[str]:
-    unknown = set(config) - {"services", "rule"}
-    if unknown:
-        raise ConfigError(
-            f"unknown okra.call settings: {', '.join(sorted(unknown))} (known: services)"
-        )
+    check_settings(config, ("services",), "okra.call settings", internal=("rule",))
     services = config.get(key, [])
     if not isinstance(services, list) or not all(
         isinstance(s, str) and SERVICE_NAME.fullmatch(s) for s in services

@@ -14,7 +14,7 @@ from typing import Any
 
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.status import StatusCode
 
 #: Longest name, in characters.
@@ -78,7 +78,7 @@ class ConfigAPI:
         return ("get",)
 
     def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
-        _check_keys(config, SETTINGS, "okra.config settings")
+        check_settings(config, SETTINGS, "okra.config settings")
         values = {
             name.encode(): text.encode()
             for name, text in parse_values(config.get("values", {})).items()
@@ -108,7 +108,7 @@ class ConfigAPI:
         """Policy pins values: each name in the policy's `values` reads as the policy says,
         whatever the manifest (or a deploy-time override) set; other names are left as
         requested. Pinning adds no capability, so it never fails a deploy."""
-        _check_keys(policy, POLICY_SETTINGS, "okra.config policy settings")
+        check_settings(policy, POLICY_SETTINGS, "okra.config policy settings")
         if "values" not in policy:
             return requested
         rule = policy.get("rule", "operator policy")
@@ -116,14 +116,6 @@ class ConfigAPI:
         merged = dict(parse_values(requested.get("values", {})))
         merged.update(pinned)
         return {**requested, "values": merged}
-
-
-def _check_keys(settings: Mapping[str, Any], known: Sequence[str], what: str) -> None:
-    unknown = set(settings) - set(known)
-    if unknown:
-        raise ConfigError(
-            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(known)})"
-        )
 
 
 @hookimpl

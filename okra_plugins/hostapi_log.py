@@ -15,7 +15,7 @@ from typing import Any
 from okra_core.abi import field_bytes, field_int, iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.status import StatusCode
 
 #: Longest message, and longest string field, a guest can log; longer ones are cut, so
@@ -84,9 +84,7 @@ class LogAPI:
     def functions(
         self, config: Mapping[str, Any], env: HostEnvironment | None = None
     ) -> Sequence[HostFunction]:
-        unknown = set(config) - {"level"}
-        if unknown:
-            raise ConfigError(f"unknown okra.log settings: {', '.join(sorted(unknown))} (known: level)")
+        check_settings(config, ("level",), "okra.log settings")
         level_name = str(config.get("level", "debug")).lower()
         if level_name not in LEVEL_NAMES:
             raise ConfigError(

@@ -22,7 +22,7 @@ from typing import Any
 from okra_core.abi import iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.metrics import COUNTER, GAUGE, HISTOGRAM, LABEL_NAME, Family, MetricError, Metrics
 from okra_core.status import StatusCode
 
@@ -262,7 +262,7 @@ class MetricsAPI:
         return ("record",)
 
     def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
-        _check_keys(config, SETTINGS, "okra.metrics settings")
+        check_settings(config, SETTINGS, "okra.metrics settings")
         max_series = parse_max_series(
             config.get("max_series", DEFAULT_MAX_SERIES), 'host_apis."okra.metrics"'
         )
@@ -286,7 +286,7 @@ class MetricsAPI:
     def narrow(self, requested: Mapping[str, Any], policy: Mapping[str, Any]) -> Mapping[str, Any]:
         """A policy's `max_series` caps the manifest's: the smaller one applies. Never
         fails a deploy (a service over its cap gets RESOURCE_EXHAUSTED at run time)."""
-        _check_keys(policy, POLICY_SETTINGS, "okra.metrics policy settings")
+        check_settings(policy, POLICY_SETTINGS, "okra.metrics policy settings")
         if "max_series" not in policy:
             return requested
         rule = policy.get("rule", "operator policy")
@@ -295,14 +295,6 @@ class MetricsAPI:
             requested.get("max_series", DEFAULT_MAX_SERIES), 'host_apis."okra.metrics"'
         )
         return {**requested, "max_series": min(wanted, cap)}
-
-
-def _check_keys(settings: Mapping[str, Any], known: Sequence[str], what: str) -> None:
-    unknown = set(settings) - set(known)
-    if unknown:
-        raise ConfigError(
-            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(known)})"
-        )
 
 
 @hookimpl

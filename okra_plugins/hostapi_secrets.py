@@ -12,7 +12,7 @@ from typing import Any
 
 from okra_core.errors import ConfigError, OkraError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.secrets import SECRET_NAME
 from okra_core.status import StatusCode
 
@@ -44,7 +44,7 @@ class SecretsAPI:
         return ("get",)
 
     def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
-        _check_keys(config, SETTINGS, "okra.secrets settings")
+        check_settings(config, SETTINGS, "okra.secrets settings")
         granted = frozenset(parse_names(config.get("names", []), 'host_apis."okra.secrets"'))
         namespace = self.namespace
         if granted:
@@ -114,7 +114,7 @@ class SecretsAPI:
         """The names granted are the manifest's that the policy lists too; a name the
         manifest asks for and the policy does not list fails the deploy, naming both. A
         policy without `names` does not restrict names."""
-        _check_keys(policy, POLICY_SETTINGS, "okra.secrets policy settings")
+        check_settings(policy, POLICY_SETTINGS, "okra.secrets policy settings")
         if "names" not in policy:
             return requested
         rule = str(policy.get("rule", "operator policy"))
@@ -130,14 +130,6 @@ class SecretsAPI:
                 f"or ask the operator to allow {'them' if plural else 'it'}"
             )
         return {**requested, "names": [name for name in wanted if name in allowed]}
-
-
-def _check_keys(settings: Mapping[str, Any], known: Sequence[str], what: str) -> None:
-    unknown = set(settings) - set(known)
-    if unknown:
-        raise ConfigError(
-            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(known)})"
-        )
 
 
 @hookimpl

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from okra_core.abi import encode_varint, field_bytes, field_int, iter_fields
 from okra_core.errors import ConfigError
 from okra_core.hookspecs import hookimpl
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction
+from okra_core.hostapi import HostContext, HostEnvironment, HostError, HostFunction, check_settings
 from okra_core.state import MAX_LIST_LIMIT, NotAnInteger
 from okra_core.status import StatusCode
 
@@ -84,7 +84,7 @@ def _read_only(settings: Mapping[str, Any], where: str) -> bool:
 
 
 def parse_settings(config: Mapping[str, Any], where: str = f'host_apis."{NAMESPACE}"') -> StateSettings:
-    _check_keys(config, (*SETTINGS, POLICY_RULES), SETTINGS, f"{NAMESPACE} settings")
+    check_settings(config, SETTINGS, f"{NAMESPACE} settings", internal=(POLICY_RULES,))
     rules = config.get(POLICY_RULES, {})
     if not isinstance(rules, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in rules.items()
@@ -354,7 +354,7 @@ class StateAPI:
         `max_value_bytes` and `max_key_bytes`; it never widens what the package asked
         for (`read_only = false` or a higher limit changes nothing). Lowering a limit
         fails no deploy: a write over it fails at run time, naming the rule."""
-        _check_keys(policy, POLICY_SETTINGS, POLICY_SETTINGS, f"{NAMESPACE} policy settings")
+        check_settings(policy, POLICY_SETTINGS, f"{NAMESPACE} policy settings")
         rule = str(policy.get("rule", "operator policy"))
         where = f"policy rule {rule!r}: {NAMESPACE}"
         asked = parse_settings(requested)
@@ -375,16 +375,6 @@ class StateAPI:
         if rules:
             out[POLICY_RULES] = rules
         return out
-
-
-def _check_keys(
-    settings: Mapping[str, Any], allowed: Sequence[str], shown: Sequence[str], what: str
-) -> None:
-    unknown = set(settings) - set(allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown {what}: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(shown)})"
-        )
 
 
 @hookimpl
