@@ -41,6 +41,7 @@ from okra_core.policy import Policy
 from okra_core.runtime import Runtime
 from okra_core.status import RpcError, StatusCode
 from okra_plugins.hostapi_call import CallAPI, decode_request
+from hostapi_basic_support import ByteMemory
 from support import FIXTURES_DIR, compile_protos, make_manifest
 
 PROTO = """
@@ -195,21 +196,6 @@ async def test_a_singleton_calling_itself_fails_fast_naming_the_chain(runtime, p
 # -- the host function on its own, with a recording environment ---------------------------
 
 
-class Memory:
-    def __init__(self, size=4096):
-        self.data = bytearray(size)
-
-    def read(self, ptr, length):
-        if ptr < 0 or length < 0 or ptr + length > len(self.data):
-            raise HostError(StatusCode.INVALID_ARGUMENT, "out of bounds")
-        return bytes(self.data[ptr : ptr + length])
-
-    def write(self, ptr, data):
-        if ptr < 0 or ptr + len(data) > len(self.data):
-            raise HostError(StatusCode.INVALID_ARGUMENT, "out of bounds")
-        self.data[ptr : ptr + len(data)] = data
-
-
 class Recorder:
     def __init__(self, runtime):
         self.calls = []
@@ -230,7 +216,7 @@ def invoke_fn(runtime, services, recorder):
 
 def context(metadata=(), deadline_in=None):
     ctx = HostContext(RELAY, logging.getLogger("test"))
-    ctx.memory = Memory()
+    ctx.memory = ByteMemory(4096)
     ctx.metadata = metadata
     ctx.deadline = None if deadline_in is None else time.monotonic() + deadline_in
     return ctx

@@ -58,13 +58,14 @@ from okra_core.clock import SystemClock
 from okra_core.config import RuntimeConfig
 from okra_core.errors import CapabilityError, ConfigError, DeployError
 from okra_core.grants import grant
-from okra_core.hostapi import HostContext, HostEnvironment, HostError, call_host_function
+from okra_core.hostapi import HostContext, HostEnvironment, call_host_function
 from okra_core.metrics import Metrics
 from okra_core.plugins import DEFAULT_PLUGINS, Registry, make_plugin_manager
 from okra_core.policy import Policy
 from okra_core.status import StatusCode
 from okra_plugins.hostapi_http import HttpAPI
 from okra_plugins.hostapi_http._messages import HttpRequest, decode_response, encode_request
+from hostapi_basic_support import ByteMemory
 from support import make_manifest
 
 SERVICE = "shop.v1.Orders"
@@ -227,25 +228,6 @@ def other():
 # -- guest side ------------------------------------------------------------------------
 
 
-class Memory:
-    """A guest's linear memory: a bytearray, every access bounds-checked."""
-
-    def __init__(self, size: int = MEMORY_SIZE):
-        self.data = bytearray(size)
-
-    def _check(self, ptr: int, length: int) -> None:
-        if ptr < 0 or length < 0 or ptr + length > len(self.data):
-            raise HostError(StatusCode.INVALID_ARGUMENT, f"[{ptr}, {ptr}+{length}) is outside memory")
-
-    def read(self, ptr: int, length: int) -> bytes:
-        self._check(ptr, length)
-        return bytes(self.data[ptr : ptr + length])
-
-    def write(self, ptr: int, data: bytes) -> None:
-        self._check(ptr, len(data))
-        self.data[ptr : ptr + len(data)] = data
-
-
 def must_not_be_used(*args, **kwargs):
     pytest.fail("okra.http used a part of the environment it has no business with")
 
@@ -257,7 +239,7 @@ class Guest:
         (self.fn,) = api.functions(config, env) if fn is None else (fn,)
         self.take = abi_functions()[0]
         self.ctx = HostContext(SERVICE, logging.getLogger(f"okra.service.{SERVICE}"))
-        self.ctx.memory = Memory()
+        self.ctx.memory = ByteMemory(MEMORY_SIZE)
 
     def call(self, request: bytes, *, out_cap: int = MEMORY_SIZE - OUT_PTR,
              req_ptr: int = REQ_PTR, req_len: int | None = None, out_ptr: int = OUT_PTR):
@@ -614,10 +596,10 @@ def test_malformed_http_requests_are_invalid_argument(allowed, guest_for, reques
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        ({"req_ptr": MEMORY_SIZE - 4}, "outside memory"),
-        ({"req_ptr": -8}, "outside memory"),
-        ({"out_ptr": MEMORY_SIZE}, "outside memory"),
-        ({"out_ptr": MEMORY_SIZE - 10, "out_cap": 100}, "outside memory"),
+        ({"req_ptr": MEMORY_SIZE - 4}, "is outside the guest"),
+        ({"req_ptr": -8}, "is outside the guest"),
+        ({"out_ptr": MEMORY_SIZE}, "is outside the guest"),
+        ({"out_ptr": MEMORY_SIZE - 10, "out_cap": 100}, "is outside the guest"),
         ({"out_cap": -1}, "negative"),
         ({"req_len": -1}, "negative"),
     ],
