@@ -180,6 +180,9 @@ class HostAPI(Protocol):
         """
 
     # Optional:
+    # def release_service(self, service: str, env: HostEnvironment) -> None:
+    #     """`service` was undeployed (not redeployed): drop what the API keeps for it."""
+    #
     # def narrow(self, requested: Mapping[str, Any], policy: Mapping[str, Any]) -> Mapping[str, Any]:
     #     """The settings a package gets when an operator policy rule gives `policy` for
     #     this API: `requested` (the manifest's) made no wider than `policy`. Raise

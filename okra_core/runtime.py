@@ -421,6 +421,7 @@ class Runtime:
                     await self._actor_system.stop(gone, grace=self.config.drain_timeout)
                     self._owner.pop(gone, None)
                     self._emit("undeployed", gone)
+                    self._release(previous.package.manifest, [gone])
             for service in schemas:
                 self._owner[service] = manifest.name
                 self._emit("deployed", service)
@@ -448,6 +449,7 @@ class Runtime:
                     for service in deployment.services
                 )
             )
+            self._release(deployment.package.manifest, deployment.services)
             log.info("undeployed %s", package_name)
             return list(deployment.services)
 
@@ -475,6 +477,21 @@ class Runtime:
             merged.update(overrides.get("", {}))
         merged.update(overrides.get(manifest.name, {}))
         return merged or None
+
+    def _release(self, manifest: Manifest, services: Sequence[str]) -> None:
+        """Services gone for good: their call metrics go, and each host API they were
+        granted may drop what it kept for them (`HostAPI.release_service`)."""
+        for service in services:
+            for family in (self._calls, self._latency):
+                family.remove_matching("service", service)
+            self._call_metrics = {k: v for k, v in self._call_metrics.items() if k[0] != service}
+            for namespace in manifest.host_apis:
+                try:
+                    release = getattr(self.registry.host_api(namespace), "release_service", None)
+                    if release is not None:
+                        release(service, self.host_environment)
+                except Exception:
+                    log.exception("host API %s failed to release %s", namespace, service)
 
     def _check_owners(self, package: Package) -> None:
         for service in package.manifest.services:

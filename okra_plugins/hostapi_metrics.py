@@ -261,6 +261,10 @@ class MetricsAPI:
     def function_names(self) -> Sequence[str]:
         return ("record",)
 
+    def release_service(self, service: str, env: HostEnvironment) -> None:
+        """The service is undeployed: its series go, and its max_series budget with them."""
+        forget_service(env.metrics, service)
+
     def functions(self, config: Mapping[str, Any], env: HostEnvironment) -> Sequence[HostFunction]:
         check_settings(config, SETTINGS, "okra.metrics settings")
         max_series = parse_max_series(

@@ -15,6 +15,7 @@
 # - remove_matching forgets the children of one label value.
 # Runtime:
 # - every unary call is counted by service, method and status code, and timed.
+# - undeploying a service removes its call metrics and its okra.metrics series.
 # HTTP:
 # - GET /metrics on a real server (Server + connect transport) returns the text
 #   format with the runtime's metrics; other paths are still routed to services.
@@ -186,3 +187,31 @@ async def test_metrics_are_served_on_the_http_port(tmp_path, package):
         assert content_type.startswith("text/plain; version=0.0.4")
         assert "# TYPE okra_calls_total counter" in body
         assert 'okra_calls_total{service="m.v1.Echo",method="Echo",code="OK"} 1' in body
+
+
+async def test_an_undeployed_service_takes_its_metrics_with_it(tmp_path, package):
+    from dataclasses import replace
+
+    from hostapi_basic_support import Guest
+    from okra_plugins.hostapi_metrics import MetricsAPI
+    from test_hostapi_metrics import record_ok
+
+    manifest = replace(package.manifest, host_apis={"okra.metrics": {}})
+    with_metrics = Package.from_parts(manifest=manifest, wasm=package.wasm, descriptor_set=package.descriptor_set)
+    runtime = Runtime(RuntimeConfig(engine_options={"cache_dir": str(tmp_path)}))
+    await runtime.start()
+    try:
+        await runtime.deploy(with_metrics)
+        await runtime.invoke("m.v1.Echo", "Echo", b"")
+        guest = Guest(MetricsAPI(), {}, runtime.host_environment, service="m.v1.Echo")
+        record_ok(guest, 1, "jobs_total", 2.0)
+        assert 'okra_service_jobs_total{service="m.v1.Echo"} 2' in runtime.metrics.render()
+        await runtime.undeploy("m")
+        text = runtime.metrics.render()
+        assert 'service="m.v1.Echo"' not in text
+        # Its series budget is free again: a new deploy records from scratch.
+        await runtime.deploy(with_metrics)
+        record_ok(guest, 1, "jobs_total", 1.0)
+        assert 'okra_service_jobs_total{service="m.v1.Echo"} 1' in runtime.metrics.render()
+    finally:
+        await runtime.close()
