@@ -40,6 +40,9 @@ class _Child:
             raise MetricError(f"{self._family.name} is a histogram: observe it")
         if self._family.kind == COUNTER and not amount >= 0:
             raise MetricError(f"counter {self._family.name} only goes up (got {amount})")
+        if self._family.single_writer:
+            self.value += amount
+            return
         with self._family.lock:
             self.value += amount
 
@@ -53,6 +56,10 @@ class _Child:
         if self._family.kind != HISTOGRAM:
             raise MetricError(f"{self._family.name} is a {self._family.kind}, not a histogram")
         index = bisect.bisect_left(self._family.buckets, value)
+        if self._family.single_writer:
+            self.counts[index] += 1
+            self.sum += value
+            return
         with self._family.lock:
             self.counts[index] += 1
             self.sum += value
@@ -64,6 +71,7 @@ class Family:
     def __init__(
         self, name: str, help: str, kind: str, labelnames: Sequence[str],
         buckets: Sequence[float] = DEFAULT_BUCKETS, max_series: int | None = None,
+        single_writer: bool = False,
     ):
         self.name = name
         self.help = help
@@ -71,6 +79,9 @@ class Family:
         self.labelnames = tuple(labelnames)
         self.buckets = tuple(sorted(buckets))
         self.max_series = max_series
+        #: Values change on one thread only (the runtime's loop), so updates skip the
+        #: lock; reading them for `render` from another thread may see a stale value.
+        self.single_writer = single_writer
         self.lock = threading.Lock()
         self._children: dict[tuple[str, ...], _Child] = {}
 

@@ -91,11 +91,11 @@ class Runtime:
         self.audit = Audit(self.metrics)
         self._calls = self.metrics.counter(
             "okra_calls_total", "Unary calls answered, by service, method and status code",
-            ("service", "method", "code"),
+            ("service", "method", "code"), single_writer=True,  # counted on the loop
         )
         self._latency = self.metrics.histogram(
             "okra_call_seconds", "Time to answer a unary call, by service",
-            ("service",),
+            ("service",), single_writer=True,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._call_metrics: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -245,6 +245,9 @@ class Runtime:
         except ActorStopped:
             code = "UNAVAILABLE"
             raise RpcError(StatusCode.UNAVAILABLE, f"service {service} is shutting down") from None
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the caller went away
+            raise
         finally:
             self._count_call(service, method, code, loop.time() - started)
 
