@@ -85,6 +85,29 @@ class InstanceLimits:
             raise ValueError(f"memory_bytes must be a number of bytes >= 0, not {memory!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine enforces and supports. The runtime refuses, at deploy, a service
+    that requires a limit its engine cannot enforce (docs/engines.md); `okra plugins`
+    shows these."""
+
+    #: A call still running at its deadline is stopped (GuestTimeout).
+    deadline: bool
+    #: `Instance.interrupt` stops a call that is running, not only later ones.
+    interrupt: bool
+    #: `InstanceLimits.memory_bytes` is enforced.
+    memory_limit: bool
+    #: Instances run guest code in parallel threads (the GIL is released while wasm runs).
+    parallel: bool
+    #: Which WASI the engine gives guests, e.g. "preview1".
+    wasi: str
+    #: Whether it runs WebAssembly components (OKRA runs core modules either way).
+    component_model: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
 @runtime_checkable
 class Instance(Protocol):
     """One instantiated module. Not thread-safe: one call at a time."""
@@ -162,6 +185,9 @@ class Engine(Protocol):
 
     def describe(self) -> dict[str, str]:
         """Version and settings, for `okra plugins` and cache keys."""
+
+    def capabilities(self) -> EngineCapabilities:
+        """What this engine, as configured, enforces and supports."""
 
 
 #: What `register_engines` registers: a name and a factory taking the engine options.

@@ -14,6 +14,7 @@ from typing import Any
 
 import wasmtime
 
+from okra_core.engine import EngineCapabilities
 from okra_core.errors import ConfigError, PackageError
 from okra_plugins.engine_wasmtime import _pooling
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
@@ -131,6 +132,16 @@ class WasmtimeEngine:
         }
         blob = json.dumps(identity, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def capabilities(self) -> EngineCapabilities:
+        # Deadlines and stopping a running call both rest on epoch checks.
+        return EngineCapabilities(
+            deadline=self.epoch_interruption,
+            interrupt=self.epoch_interruption,
+            memory_limit=True,
+            parallel=True,
+            wasi="preview1",
+        )
 
     def describe(self) -> dict[str, str]:
         described = {
