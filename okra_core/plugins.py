@@ -23,6 +23,7 @@ from okra_core.errors import PluginError
 #: Modules of the built-in plugins, each registered as a plugin of its own.
 DEFAULT_PLUGINS = (
     "okra_plugins.engine_wasmtime",
+    "okra_plugins.engine_wasm3",
     "okra_plugins.transport_grpc",
     "okra_plugins.transport_connect",
     "okra_plugins.hostapi_log",
