@@ -189,6 +189,7 @@ def build_project(path: str | pathlib.Path, registry: Registry | None = None) ->
         actor=project.actor,
         limits=project.limits,
         tags=project.tags,
+        engine=project.engine,
         digests={},
         language=project.language,
     )

@@ -12,9 +12,19 @@ from okra_core.policy import Policy
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    #: Engine plugin name and its options (e.g. {"cache_dir": "/var/cache/okra"}).
+    #: The default engine (plugin name) and its options (e.g. {"cache_dir": "/var/cache/okra"}).
     engine: str = "wasmtime"
     engine_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The engines services may run on (None: every installed one). A package's manifest
+    #: may prefer one of them ("engine"); otherwise it runs on `engine` (docs/engines.md).
+    engines: frozenset[str] | None = None
+    #: Options of engines other than the default, by engine name.
+    engines_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    #: Run every package on `engine`, whatever its manifest prefers (okra serve --engine).
+    force_engine: bool = False
+    #: Deploy, with a warning, a package whose manifest or policy sets a limit its engine
+    #: cannot enforce (e.g. a call time limit on wasm3) instead of refusing it.
+    allow_unenforced_limits: bool = False
     #: The host APIs guests may be granted at all; None allows every installed one.
     allowed_host_apis: frozenset[str] | None = None
     #: Operator policy rules (deny, narrow, cap per service, package or tag;
@@ -74,6 +84,11 @@ class RuntimeConfig:
     max_restart_backoff: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.engines is not None and self.engine not in self.engines:
+            raise ConfigError(
+                f"the default engine {self.engine!r} is not among the allowed engines "
+                f"({', '.join(sorted(self.engines)) or 'none'})"
+            )
         if self.stream_buffer < 1:
             raise ConfigError(
                 f"stream_buffer must be at least 1 (messages), got {self.stream_buffer}"

@@ -20,13 +20,13 @@ from typing import Any
 from okra_core.errors import PackageError
 
 #: The newest manifest format this module reads and writes. Format 2 added "actor",
-#: "limits" and "pool.queue", format 3 "tags"; a manifest is written in the lowest format
-#: that can express it, so older readers still load it.
-MANIFEST_FORMAT = 3
-SUPPORTED_FORMATS = frozenset({1, 2, 3})
+#: "limits" and "pool.queue", format 3 "tags", format 4 "engine"; a manifest is written
+#: in the lowest format that can express it, so older readers still load it.
+MANIFEST_FORMAT = 4
+SUPPORTED_FORMATS = frozenset({1, 2, 3, 4})
 #: Keys (top-level, or "pool.<key>") that arrived with a format, for the error that says
 #: which format to declare.
-_SINCE = {"actor": 2, "limits": 2, "pool.queue": 2, "tags": 3}
+_SINCE = {"actor": 2, "limits": 2, "pool.queue": 2, "tags": 3, "engine": 4}
 
 #: The members of an `.okra.pkg`, and the ones whose digests the manifest records.
 MANIFEST_MEMBER = "okra.service.json"
@@ -64,6 +64,7 @@ _KEYS = (
     "actor",
     "limits",
     "tags",
+    "engine",
     "digests",
     "extensions",
 )
@@ -296,6 +297,9 @@ class Manifest:
     limits: Limits = Limits()
     #: Labels an operator's policy rules can select the package by (docs/policy.md).
     tags: tuple[str, ...] = ()
+    #: The engine the package prefers (e.g. "wasm3"), if it is installed and the operator
+    #: allows it; a preference, not a requirement (docs/engines.md).
+    engine: str | None = None
     #: Member name -> `sha256:<hex>`; filled in by `write_package`.
     digests: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The guest language, informational only.
@@ -334,6 +338,7 @@ class Manifest:
         if not isinstance(self.limits, Limits):
             raise _Invalid(f'"limits" must be a Limits, got {type(self.limits).__name__}')
         set_(self, "tags", _check_tags(self.tags))
+        check_engine_name(self.engine)
         set_(self, "digests", _check_digests(self.digests))
         if self.language is not None and (
             not isinstance(self.language, str) or not _NAME.fullmatch(self.language)
@@ -354,6 +359,8 @@ class Manifest:
             used.append("pool.queue")
         if self.tags:
             used.append("tags")
+        if self.engine is not None:
+            used.append("engine")
         return used
 
     def _needed_format(self) -> int:
@@ -425,6 +432,7 @@ class Manifest:
             actor=ActorConfig.from_json(data["actor"]) if "actor" in data else ActorConfig(),
             limits=Limits.from_json(data["limits"]) if "limits" in data else Limits(),
             tags=_tags_from_json(data.get("tags", [])),
+            engine=data.get("engine"),
             digests=data.get("digests", {}),
             language=data.get("language"),
             format=data["format"],
@@ -449,6 +457,8 @@ class Manifest:
             out["limits"] = self.limits.to_json()
         if self.tags:
             out["tags"] = list(self.tags)
+        if self.engine is not None:
+            out["engine"] = self.engine
         out["digests"] = _sorted(self.digests)
         if self.extensions:
             out["extensions"] = _sorted(self.extensions)
@@ -465,6 +475,13 @@ class Manifest:
 # -- field checks -------------------------------------------------------------------------
 
 TAGS_MAX = 32
+
+
+def check_engine_name(engine: Any) -> None:
+    if engine is not None and (
+        not isinstance(engine, str) or not _NAME.fullmatch(engine) or len(engine) > NAME_MAX
+    ):
+        raise _Invalid(f'"engine" must be an engine name such as "wasm3", got {engine!r}')
 
 
 def _tags_from_json(value: Any) -> tuple[str, ...]:

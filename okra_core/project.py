@@ -9,6 +9,7 @@ proto = ["greeter/v1/greeter.proto"]   # relative to proto_root
 proto_root = "proto"
 services = ["greeter.v1.Greeter"]      # optional: default, every service in `proto`
 tags = ["public"]                      # optional: labels operator policy can select by
+engine = "wasm3"                       # optional: the engine it prefers (docs/engines.md)
 
 [host_apis."okra.log"]                 # one table per host API, holding its config
 
@@ -38,7 +39,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from okra_core.errors import ConfigError, PackageError
-from okra_core.manifest import ActorConfig, Limits, _check_queue, _check_tags, _Invalid
+from okra_core.manifest import (
+    ActorConfig,
+    Limits,
+    _check_queue,
+    _check_tags,
+    _Invalid,
+    check_engine_name,
+)
 
 PROJECT_FILE = "okra.toml"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -60,6 +68,7 @@ class Project:
     actor: ActorConfig = ActorConfig()
     limits: Limits = Limits()
     tags: tuple[str, ...] = ()
+    engine: str | None = None
 
     @property
     def dist_dir(self) -> pathlib.Path:
@@ -102,7 +111,7 @@ def load_project(path: str | pathlib.Path) -> Project:
         )
     service = _table(data, "service", where)
     unknown = set(service) - {
-        "name", "version", "language", "proto", "proto_root", "services", "tags",
+        "name", "version", "language", "proto", "proto_root", "services", "tags", "engine",
     }
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [service]: {', '.join(sorted(unknown))}")
@@ -129,6 +138,13 @@ def load_project(path: str | pathlib.Path) -> Project:
         tags = _check_tags(tags)
     except _Invalid as exc:
         raise ConfigError(f"{where}: service.{exc}") from None
+    engine = service.get("engine")
+    try:
+        check_engine_name(engine)
+    except _Invalid:
+        raise ConfigError(
+            f'{where}: service.engine must be an engine name such as "wasm3", got {engine!r}'
+        ) from None
 
     host_apis = data.get("host_apis", {})
     if not isinstance(host_apis, dict) or not all(isinstance(v, dict) for v in host_apis.values()):
@@ -168,6 +184,7 @@ def load_project(path: str | pathlib.Path) -> Project:
         actor=actor,
         limits=limits,
         tags=tags,
+        engine=engine,
     )
 
 

@@ -109,6 +109,7 @@ class Runtime:
         )
         self._actor_system = actor_system
         self._engine: Engine | None = None
+        self._engines: dict[str, Engine] = {}  # by name, made on first use
         self._deployments: dict[str, Deployment] = {}  # by package name
         self._owner: dict[str, str] = {}  # service -> package name
         self._listeners: list[Listener] = []
@@ -124,7 +125,7 @@ class Runtime:
         if self._actor_system is None:
             self._actor_system = local_actor_system()
         if self._engine is None:
-            self._engine = self.registry.engine(self.config.engine, **self.config.engine_options)
+            self._engine = self._engine_named(self.config.engine)
         self._deploy_lock = asyncio.Lock()
 
     async def close(self, grace: float = 10.0) -> None:
@@ -149,9 +150,74 @@ class Runtime:
 
     @property
     def engine(self) -> Engine:
+        """The default engine."""
         if self._engine is None:
             raise RuntimeError("runtime not started: call `await runtime.start()` first")
         return self._engine
+
+    def engine_for(self, manifest: Manifest) -> Engine:
+        """The engine a package runs on: the one its manifest prefers if the operator
+        allows it and it is installed, else the default (always the default when the
+        operator forces it)."""
+        default = self.engine
+        wanted = manifest.engine
+        if wanted is None or wanted == default.name or self.config.force_engine:
+            return default
+        allowed = self.config.engines
+        if allowed is not None and wanted not in allowed:
+            log.warning(
+                "%s prefers engine %s, which the operator does not allow (allowed: %s); "
+                "it runs on %s", manifest.name, wanted, ", ".join(sorted(allowed)), default.name,
+            )
+            return default
+        try:
+            return self._engine_named(wanted)
+        except OkraError as exc:
+            log.warning(
+                "%s prefers engine %s, which is not available (%s); it runs on %s",
+                manifest.name, wanted, exc, default.name,
+            )
+            return default
+
+    def _engine_named(self, name: str) -> Engine:
+        engine = self._engines.get(name)
+        if engine is None:
+            options = (
+                self.config.engine_options if name == self.config.engine
+                else self.config.engines_options.get(name, {})
+            )
+            engine = self._engines[name] = self.registry.engine(name, **options)
+        return engine
+
+    def _check_engine_limits(self, manifest: Manifest, grants: Grants, engine: Engine) -> None:
+        """Refuse a package that requires a limit its engine cannot enforce, unless the
+        operator accepts that (`allow_unenforced_limits`)."""
+        capabilities = engine.capabilities()
+        unenforced = []
+        for able, field, config_field, what in (
+            (capabilities.deadline, "timeout_seconds", "max_call_seconds", "a call time limit"),
+            (capabilities.memory_limit, "memory_bytes", "max_memory_bytes", "a memory limit"),
+        ):
+            if able:
+                continue
+            asked = getattr(manifest.limits, field)
+            if asked is not None:
+                unenforced.append(f"{what} (limits.{field} = {asked:g} in its manifest)")
+            elif config_field in grants.sources:
+                unenforced.append(f"{what} (from {grants.sources[config_field]})")
+        if not unenforced:
+            return
+        message = (
+            f"{manifest.name} requires {' and '.join(unenforced)}, which engine {engine.name} "
+            "cannot enforce (docs/engines.md)"
+        )
+        if self.config.allow_unenforced_limits:
+            log.warning("%s; deploying it anyway, as the operator allows", message)
+            return
+        raise DeployError(
+            f"{message}: run it on an engine that can (okra serve --engine wasmtime), or "
+            "accept unenforced limits (okra serve --allow-unenforced-limits)"
+        )
 
     # -- discovery -------------------------------------------------------------------
 
@@ -384,10 +450,10 @@ class Runtime:
 
         `config` overrides values of the package's okra.config settings (the package
         must ask for okra.config)."""
-        engine = self.engine
         assert self._deploy_lock is not None and self._actor_system is not None
         async with self._deploy_lock:
             manifest = package.manifest
+            engine = self.engine_for(manifest)
             self._check_owners(package)
             self._check_abi_version(manifest.abi_version)
             if config is None:
@@ -396,6 +462,7 @@ class Runtime:
                 package.manifest, self.registry, self.config, self.host_environment,
                 overrides=config,
             )
+            self._check_engine_limits(manifest, grants, engine)
             await self._open_host_resources(grants)
             module = await asyncio.to_thread(engine.compile, package.wasm)
             check_exports(module)
@@ -409,7 +476,8 @@ class Runtime:
                 for service in manifest.services:
                     before = previous.actors.get(service) if previous is not None else None
                     actors[service] = await self._start_service(
-                        package, module, grants, schemas[service], before
+                        package, module, grants, schemas[service], before,
+                        deadlines_enforced=engine.capabilities().deadline,
                     )
             except BaseException:
                 for actor in actors.values():
@@ -429,7 +497,8 @@ class Runtime:
                 self._owner[service] = manifest.name
                 self._emit("deployed", service)
             log.info(
-                "deployed %s %s: %s", manifest.name, manifest.version, ", ".join(schemas)
+                "deployed %s %s on %s: %s", manifest.name, manifest.version, engine.name,
+                ", ".join(schemas),
             )
             return list(schemas)
 
@@ -521,6 +590,8 @@ class Runtime:
         grants: Grants,
         schema: ServiceSchema,
         predecessor: ServiceActor | None = None,
+        *,
+        deadlines_enforced: bool = True,
     ) -> ServiceActor:
         manifest = package.manifest
         config = grants.config  # the operator's caps, lowered by matching policy rules
@@ -630,13 +701,15 @@ class Runtime:
                 predecessor=predecessor.activations if predecessor is not None else None,
                 singleton=kind == SINGLETON,
             )
-        # Inline calls are only for guests none of whose host functions may block, and
+        # Inline calls are only for guests none of whose host functions may block, on an
+        # engine that can stop an overrunning call (it would hold the event loop), and
         # never for activations: stopping an inline call discards its instance, and an
         # activation's instance holds its key's state.
         runner = CallRunner(
             workers,
             inline_allowed=kind == REGULAR
             and config.inline_calls
+            and deadlines_enforced
             and not any(f.blocking for f in functions),
         )
         return ServiceActor(

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import json
 
 import pytest
@@ -148,9 +149,9 @@ def test_format_must_be_an_integer(value):
 
 
 def test_newer_format_asks_to_upgrade_even_with_unknown_keys():
-    data = with_(format=4)
+    data = with_(format=5)
     data["quota"] = {"cpu": 1}
-    rejected(data, "format 4 is newer", "upgrade okra")
+    rejected(data, "format 5 is newer", "upgrade okra")
 
 
 def test_unknown_older_format_is_rejected():
@@ -395,8 +396,8 @@ def test_empty_document_is_invalid_json():
 def test_constructor_validates_like_from_json():
     with pytest.raises(PackageError, match="^manifest: \"name\" must be"):
         Manifest(name="Bad Name", version="1.0.0", abi_version=1, services=("a.B",))
-    with pytest.raises(PackageError, match="format 4 is newer"):
-        Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",), format=4)
+    with pytest.raises(PackageError, match="format 5 is newer"):
+        Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",), format=5)
 
 
 def test_constructor_copies_dictionaries_and_lists():
@@ -461,10 +462,25 @@ def test_manifest_without_new_keys_is_written_as_format_1():
         ({"actor": {"kind": "singleton"}}, 'format 1 has no "actor": declare "format": 2'),
         ({"limits": {"memory_bytes": 10}}, 'format 1 has no "limits"'),
         ({"pool": {"min": 1, "max": 2, "queue": 3}}, 'format 1 has no "pool.queue"'),
+        ({"engine": "wasm3"}, 'format 1 has no "engine": declare "format": 4'),
     ],
 )
 def test_format_1_with_format_2_keys_says_which_format_to_declare(changes, fragment):
     rejected(with_(**changes), fragment)
+
+
+def test_engine_preference_round_trips_and_needs_format_4():
+    manifest = load(with_(format=4, engine="wasm3"))
+    assert manifest.engine == "wasm3"
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    written = Manifest(name="a", version="1.0.0", abi_version=1, services=("a.B",), engine="wasm3")
+    assert json.loads(written.to_json())["format"] == 4
+    assert "engine" not in json.loads(dataclasses.replace(written, engine=None, format=None).to_json())
+
+
+@pytest.mark.parametrize("engine", ["", "Wasm3", 3, "wasm 3", "x" * 65])
+def test_engine_must_be_an_engine_name(engine):
+    rejected(with_(format=4, engine=engine), '"engine" must be an engine name')
 
 
 @pytest.mark.parametrize(

@@ -469,8 +469,8 @@ def test_errors_from_a_path_start_with_the_path(tmp_path, good):
 
 
 def test_manifest_of_a_newer_format_asks_to_upgrade(good):
-    rejected(repacked(good, manifest=manifest_json(good, format=4, quota=1)),
-             "manifest: format 4 is newer than this okra understands", "upgrade okra")
+    rejected(repacked(good, manifest=manifest_json(good, format=5, quota=1)),
+             "manifest: format 5 is newer than this okra understands", "upgrade okra")
 
 
 def test_manifest_round_trip_inside_the_package_is_exact(good):
