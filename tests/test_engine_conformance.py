@@ -3,7 +3,7 @@
 # Every engine registered through the plugin registry (get_registry().names("engines"),
 # built-in and third-party alike) runs the whole suite, one parameter per engine name,
 # so an engine that registers is held to it without touching this file. ENGINE_OPTIONS
-# gives an engine the factory options the suite needs (wasmtime: no on-disk cache).
+# gives an engine the factory options the suite needs (no on-disk caches).
 #
 # What the suite checks is in its module docstring and docs/engines.md: the request
 # path, every host function call shape, traps and ABI faults (and that a failed
@@ -30,7 +30,7 @@ from okra_core.plugins import get_registry
 from okra_core.testing.engine_conformance import SMALLEST, TYPE_INVALID, EngineConformance
 
 #: Factory options an engine needs under test, by engine name (others get none).
-ENGINE_OPTIONS: dict[str, dict] = {"wasmtime": {"cache_dir": None}}
+ENGINE_OPTIONS: dict[str, dict] = {"wasmtime": {"cache_dir": None}, "wasm3": {"cache_dir": None}}
 #: Extra configurations worth running the suite on: (id, engine name, options).
 VARIANTS = [("wasmtime-no-epoch", "wasmtime", {"cache_dir": None, "epoch_interruption": False})]
 

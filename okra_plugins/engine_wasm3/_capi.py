@@ -101,3 +101,4 @@ def message(result: int | None) -> str:
     """The text of an M3Result (a static C string), "" for success."""
     return ctypes.string_at(result).decode("utf-8", "replace") if result else ""
 run_start = _fn("m3_RunStart", _p, _p)
+compile_module = _fn("m3_CompileModule", _p, _p)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
+import os
+import pathlib
 import threading
 import weakref
 from typing import Any
 
 from okra_core.engine import EngineCapabilities
-from okra_core.errors import ConfigError, PackageError
+from okra_core.errors import ConfigError, DeployError, PackageError
 from okra_plugins.engine_wasm3 import _capi, _wasm
+from okra_plugins.engine_wasm3._instance import signature
 from okra_plugins.engine_wasm3._module import Wasm3Module
 
+log = logging.getLogger(__name__)
+_DEFAULT = object()
 _WASM_MAGIC = b"\0asm"
 _COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 #: wasm3 runs a wasm call as a native call, so its value stack bounds the native stack a
@@ -23,6 +29,11 @@ DEFAULT_STACK_BYTES = 64 * 1024
 MAX_STACK_BYTES = 1024 * 1024
 
 
+@_capi.RawCall
+def _STUB(runtime, import_ctx, sp, mem):  # never called: the check runs no code
+    return None
+
+
 class Wasm3Engine:
     """An `okra_core.engine.Engine` on wasm3, an interpreter (through the C API of the
     library the `pywasm3` package builds).
@@ -31,17 +42,33 @@ class Wasm3Engine:
       stack_bytes: each instance's wasm3 value stack (default 64 KiB, at most 1 MiB).
         Deeper recursion traps with "stack overflow". A larger stack needs threads with
         a larger native stack (see DEFAULT_STACK_BYTES): raise it only with them.
+      cache_dir: where the digests of modules already checked are remembered, so that
+        a module is compiled through once (seconds for a Go guest), not at every
+        deploy. Default: `$OKRA_CACHE_DIR/wasm3-checked`, else under
+        `$XDG_CACHE_HOME/okra` or `~/.cache/okra`; None or False: check every time.
+        A forged entry only defers the check: wasm3 compiles each function again when
+        an instance first calls it, and a function that does not compile traps then.
     """
 
     name = "wasm3"
 
-    def __init__(self, *, stack_bytes: int = DEFAULT_STACK_BYTES):
+    def __init__(self, *, stack_bytes: int = DEFAULT_STACK_BYTES, cache_dir: Any = _DEFAULT):
         if type(stack_bytes) is not int or not 4096 <= stack_bytes <= MAX_STACK_BYTES:
             raise ConfigError(
                 f"engine option stack_bytes={stack_bytes!r} must be a whole number of bytes "
                 f"from 4096 to {MAX_STACK_BYTES}"
             )
         self.stack_bytes = stack_bytes
+        if cache_dir is _DEFAULT:
+            cache_dir = _default_cache_dir()
+        elif cache_dir is False or cache_dir is None or cache_dir == "":
+            cache_dir = None
+        elif not isinstance(cache_dir, (str, os.PathLike)):
+            raise ConfigError(
+                f"engine option cache_dir={cache_dir!r} must be a directory path, or null "
+                "to check every module at every deploy"
+            )
+        self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else None
         self._loaded: weakref.WeakValueDictionary[str, Wasm3Module] = (
             weakref.WeakValueDictionary()
         )
@@ -57,7 +84,11 @@ class Wasm3Engine:
         )
 
     def describe(self) -> dict[str, str]:
-        return {"version": _capi.VERSION, "stack_bytes": str(self.stack_bytes)}
+        return {
+            "version": _capi.VERSION,
+            "stack_bytes": str(self.stack_bytes),
+            "cache_dir": str(self.cache_dir) if self.cache_dir else "disabled",
+        }
 
     def compile(self, wasm: bytes) -> Wasm3Module:
         wasm = bytes(wasm)
@@ -66,12 +97,33 @@ class Wasm3Engine:
             module = self._loaded.get(digest)
         if module is not None:
             return module
-        module = Wasm3Module(self, wasm, self._check(wasm), digest)
+        checked = self._checked_marker(digest)
+        if checked is not None and checked.exists():
+            info = self._read(wasm)
+        else:
+            info = self._check(wasm)
+            self._remember(checked)
+        module = Wasm3Module(self, wasm, info, digest)
         with self._lock:
             return self._loaded.setdefault(digest, module)
 
+    def _checked_marker(self, digest: str) -> pathlib.Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{digest}-{_capi.VERSION}"
+
     @staticmethod
-    def _check(wasm: bytes) -> _wasm.ModuleInfo:
+    def _remember(marker: pathlib.Path | None) -> None:
+        if marker is None:
+            return
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError as exc:
+            log.warning("cannot remember a checked module in %s: %s", marker.parent, exc)
+
+    @staticmethod
+    def _read(wasm: bytes) -> _wasm.ModuleInfo:
         prefix = "service.wasm is not a valid WebAssembly module"
         if not wasm.startswith(_WASM_MAGIC):
             raise PackageError(
@@ -84,26 +136,66 @@ class Wasm3Engine:
                 "build a wasm32 core module (e.g. GOOS=wasip1 GOARCH=wasm)"
             )
         try:
-            info = _wasm.read(wasm)
+            return _wasm.read(wasm)
         except _wasm.Malformed as exc:
             raise PackageError(f"{prefix}: {exc}") from None
-        # wasm3's own parse, in an environment of its own that goes with it.
+
+    @classmethod
+    def _check(cls, wasm: bytes) -> _wasm.ModuleInfo:
+        info = cls._read(wasm)
+        prefix = "service.wasm is not a valid WebAssembly module"
+        # wasm3 compiles functions on first call: compile them all once here, with
+        # every import linked to a stub, so that invalid code fails now, not in a call.
         env = _capi.new_environment()
+        runtime = _capi.new_runtime(env, 4096, None)
         try:
             module = ctypes.c_void_p()
             buffer = ctypes.create_string_buffer(wasm, len(wasm))
             err = _capi.parse_module(env, ctypes.byref(module), buffer, len(wasm))
             if err:
                 raise PackageError(f"{prefix} (wasm3): {_capi.message(err)}")
-            _capi.free_module(module)
+            err = _capi.load_module(runtime, module)
+            if err:
+                _capi.free_module(module)
+                raise PackageError(f"{prefix} (wasm3): {_capi.message(err)}")
+            for imp in info.imports:
+                if imp.kind != "func":
+                    continue  # refused when instantiated, with the reason
+                try:
+                    sig = signature(imp.params, imp.results)
+                except ValueError as exc:
+                    raise DeployError(
+                        f"module imports {imp.qualified_name}, which {exc}: engine wasm3 "
+                        "cannot link it"
+                    ) from None
+                err = _capi.link_raw_function(
+                    module, imp.module.encode(), imp.name.encode(), sig.encode(), _STUB, None
+                )
+                if err and _capi.message(err) != _capi.LOOKUP_FAILED:
+                    raise PackageError(
+                        f"{prefix} (wasm3): import {imp.qualified_name}: {_capi.message(err)}"
+                    )
+            err = _capi.compile_module(module)
+            if err:
+                raise PackageError(f"{prefix} (wasm3): {_capi.message(err)}")
         finally:
+            _capi.free_runtime(runtime)
             _capi.free_environment(env)
         return info
 
 
+def _default_cache_dir() -> pathlib.Path:
+    explicit = os.environ.get("OKRA_CACHE_DIR")
+    if explicit:
+        return pathlib.Path(explicit).expanduser() / "wasm3-checked"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "okra" / "wasm3-checked"
+
+
 def create_engine(**options: Any) -> Wasm3Engine:
     """The factory registered as engine "wasm3"; unknown options are a ConfigError."""
-    known = ("stack_bytes",)
+    known = ("stack_bytes", "cache_dir")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
