@@ -65,6 +65,12 @@ def grant(
     """The grants of `manifest` on a runtime with `config` (and its policy). Raises
     CapabilityError (or DeployError for bad settings); denials are audited via `env`."""
     policy = config.policy or Policy()
+    # The runtime checks its policy when it starts; checked here too, so no path to a
+    # grant (a runtime, `okra build`) can skip it: a misspelt API must not grant more.
+    try:
+        policy.check(registry)
+    except ConfigError as exc:
+        raise DeployError(str(exc)) from None
     rules = tuple(policy.rules_for(manifest.name, manifest.services, manifest.tags))
     audit = env.audit if env is not None else None
 

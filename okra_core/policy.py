@@ -16,10 +16,13 @@ import fnmatch
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from okra_core.errors import ConfigError
 from okra_core.units import parse_size
+
+if TYPE_CHECKING:
+    from okra_core.plugins import Registry
 
 _RULE_KEYS = ("name", "services", "packages", "tags", "deny", "host_apis", "limits")
 _LIMIT_KEYS = ("memory_bytes", "timeout_seconds", "request_bytes", "response_bytes")
@@ -61,6 +64,30 @@ class Policy:
     def rules_for(self, package: str, services: Sequence[str], tags: Sequence[str]) -> list[Rule]:
         return [r for r in self.rules if r.matches(package, services, tags)]
 
+    def check(self, registry: Registry) -> None:
+        """Check the policy against the installed host APIs: every name in `deny` and
+        `host_apis` must be one, and each API's settings must be ones it accepts (its
+        `narrow`, applied to a manifest that asks for nothing more than the API).
+        ConfigError names the file and the rule. The runtime runs it before any grant,
+        so a typo never silently grants more."""
+        installed = registry.names("host_apis")
+
+        def unknown(where: str, namespace: str) -> ConfigError:
+            return ConfigError(
+                f"{where} {namespace}, which is not an installed host API "
+                f"(installed: {', '.join(installed) or 'none'})"
+            )
+
+        for rule in self.rules:
+            where = f"{self.source}: rule {rule.name!r}"
+            for namespace in rule.deny:
+                if namespace not in installed:
+                    raise unknown(f"{where}: deny names", namespace)
+            for namespace, settings in rule.host_apis.items():
+                if namespace not in installed:
+                    raise unknown(f'{where}: host_apis."{namespace}" names', namespace)
+                _check_settings(registry.host_api(namespace), namespace, settings, rule, where)
+
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         path = Path(path)
@@ -89,6 +116,32 @@ class Policy:
             if names.count(name) > 1:
                 raise ConfigError(f"{source}: two rules are named {name!r}; names must be unique")
         return cls(tuple(rules), source)
+
+
+def _check_settings(api: Any, namespace: str, settings: Mapping[str, Any], rule: Rule,
+                    where: str) -> None:
+    functions = settings.get("functions")
+    if functions is not None:
+        known = tuple(api.function_names())
+        missing = sorted(set(functions) - set(known))
+        if missing:
+            raise ConfigError(
+                f'{where}: host_apis."{namespace}".functions names {", ".join(missing)}, '
+                f"which {namespace} does not have (it has: {', '.join(known)})"
+            )
+    options = {k: v for k, v in settings.items() if k != "functions"}
+    if not options:
+        return
+    narrow = getattr(api, "narrow", None)
+    if narrow is None:
+        raise ConfigError(
+            f"{where}: gives settings for {namespace}, which that host API cannot be narrowed "
+            "by: remove them, or deny the API"
+        )
+    try:
+        narrow({}, {**options, "rule": rule.name})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {namespace}: {exc}") from None
 
 
 def _parse_rule(raw: Any, number: int, source: str) -> Rule:

@@ -11,6 +11,14 @@
 # - errors name the file and the rule: unknown top-level or rule keys, deny of a name
 #   that is not a host API, a non-table host_apis entry, bad limits, duplicate rule
 #   names, invalid TOML, a missing file.
+# Checking against the installed host APIs (Policy.check, run by every grant):
+# - a deny entry or host_apis table naming a host API no plugin provides (a typo such
+#   as okra.htp) is an error naming the file, the rule and the name, listing the
+#   installed host APIs (ConfigError; a DeployError from grant, whatever the package
+#   asks for); `okra serve --policy` with such a typo fails on one line.
+# - each API's settings are checked without any package: a bad value (allow as a
+#   string, a malformed okra.call service), an unknown setting, a function the API
+#   does not have, settings for an API without `narrow`; a valid policy passes.
 # Selection:
 # - a rule without selectors applies to every package; services (globs), packages
 #   (globs) and tags select; a rule that selects nothing else leaves a package alone.
@@ -102,6 +110,69 @@ def test_policy_errors_name_the_file_and_rule(data, fragment):
     with pytest.raises(ConfigError) as info:
         Policy.parse(data, source="ops.toml")
     assert fragment in str(info.value) and str(info.value).startswith("ops.toml")
+
+
+@pytest.mark.parametrize(
+    "rule, fragment",
+    [
+        ({"deny": ["okra.htp"]}, "deny names okra.htp, which is not an installed host API"),
+        ({"host_apis": {"okra.htpp": {"allow": []}}},
+         'host_apis."okra.htpp" names okra.htpp, which is not an installed host API'),
+    ],
+)
+def test_an_unknown_host_api_name_is_an_error_naming_rule_file_and_installed_apis(rule, fragment):
+    loaded = policy({"name": "typo", **rule}, source="ops.toml")
+    with pytest.raises(ConfigError) as info:
+        loaded.check(get_registry())
+    message = str(info.value)
+    assert message.startswith("ops.toml: rule 'typo': ") and fragment in message
+    assert "(installed: " in message and "okra.http" in message and "okra.log" in message
+    # Every grant checks the policy, whatever the package asks for.
+    with pytest.raises(DeployError, match="okra.htp"):
+        grant(manifest(), get_registry(), RuntimeConfig(policy=loaded))
+
+
+@pytest.mark.parametrize(
+    "host_apis, fragment",
+    [
+        ({"okra.http": {"allow": "https://a.example"}}, "okra.http"),
+        ({"okra.http": {"max_response_bytes": "lots"}}, "max_response_bytes"),
+        ({"okra.http": {"alow": ["https://a.example"]}}, "unknown okra.http policy settings: alow"),
+        ({"okra.call": {"services": ["Inventory"]}}, "fully qualified service names"),
+        ({"okra.state": {"read_only": "yes"}}, "read_only must be true or false"),
+        ({"okra.secrets": {"names": ["bad-name"]}}, "not a valid secret name"),
+        ({"okra.metrics": {"max_series": -1}}, "max_series"),
+        ({"okra.log": {"functions": ["wirte"]}}, "functions names wirte, which okra.log does not have"),
+        ({"okra.log": {"level": "error"}}, "gives settings for okra.log, which that host API cannot be narrowed by"),
+    ],
+)
+def test_host_api_settings_are_checked_without_a_package(host_apis, fragment):
+    loaded = policy({"name": "bad", "host_apis": host_apis}, source="ops.toml")
+    with pytest.raises(ConfigError) as info:
+        loaded.check(get_registry())
+    assert str(info.value).startswith("ops.toml: rule 'bad': ") and fragment in str(info.value)
+
+
+def test_a_valid_policy_passes_the_check(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(FULL + """
+[[rule]]
+name = "narrow"
+[rule.host_apis."okra.http"]
+allow = ["https://*.payments.example"]
+timeout_seconds = 5
+[rule.host_apis."okra.state"]
+read_only = true
+[rule.host_apis."okra.secrets"]
+names = ["TOKEN"]
+[rule.host_apis."okra.config"]
+values = { mode = "strict" }
+[rule.host_apis."okra.metrics"]
+max_series = 10
+[rule.host_apis."okra.log"]
+functions = ["write"]
+""")
+    Policy.load(path).check(get_registry())
 
 
 def test_unreadable_or_invalid_policy_files_are_config_errors(tmp_path):
@@ -275,6 +346,16 @@ def test_serve_with_a_denying_policy_is_a_one_line_error(tmp_path, descriptors):
     result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--policy", str(rules),
                   env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
     assert_one_line_error(result, f"which operator policy rule 'no-logs' ({rules}) denies")
+
+
+def test_serve_with_a_misspelt_host_api_in_the_policy_is_a_one_line_error(tmp_path, descriptors):
+    wasm = wasmtime.wat2wasm((FIXTURES_DIR / "log.wat").read_text())
+    package = write_package(tmp_path / "log.okra.pkg", manifest=manifest(), wasm=wasm, descriptor_set=descriptors)
+    rules = tmp_path / "policy.toml"
+    rules.write_text('[[rule]]\nname = "x"\ndeny = ["okra.htp"]\n')
+    result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--policy", str(rules),
+                  env={"OKRA_CACHE_DIR": str(tmp_path / "cache")})
+    assert_one_line_error(result, f"{rules}: rule 'x': deny names okra.htp, which is not an installed host API")
 
 
 def test_serve_with_an_invalid_policy_file_names_it(tmp_path, descriptors):
