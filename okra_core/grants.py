@@ -113,6 +113,14 @@ def grant(
                 f"package {manifest.name!r} requests host API {namespace}, but no "
                 "installed plugin provides it (see `okra plugins`)"
             ) from None
+        reserved = sorted(set(asked) & set(getattr(api, "internal_settings", ())))
+        if reserved:
+            raise DeployError(
+                f"package {manifest.name!r}: {', '.join(reserved)} in "
+                f'[host_apis."{namespace}"] {"is" if len(reserved) == 1 else "are"} set by '
+                f"operator policy, not by a package: remove {'it' if len(reserved) == 1 else 'them'} "
+                "from okra.toml"
+            )
         options = {k: v for k, v in asked.items() if k != "functions"}
         wanted = asked.get("functions")
         known = tuple(api.function_names())

@@ -180,6 +180,11 @@ class HostAPI(Protocol):
         """
 
     # Optional:
+    # internal_settings: Sequence[str]
+    #     """Settings keys `narrow` writes for the API's own use (the rule that set a
+    #     limit, a rule's allow-list). They are the operator's: the runtime refuses a
+    #     manifest that sets one, so a package cannot pass its settings off as policy."""
+    #
     # def release_service(self, service: str, env: HostEnvironment) -> None:
     #     """`service` was undeployed (not redeployed): drop what the API keeps for it."""
     #
@@ -194,7 +199,8 @@ def check_settings(
     settings: Mapping[str, Any], known: Sequence[str], what: str, *, internal: Sequence[str] = ()
 ) -> None:
     """Refuse unknown settings, so a typo fails the deploy instead of granting nothing.
-    `internal` keys are accepted but not listed (ones an API's `narrow` adds)."""
+    `internal` keys are accepted but not listed (ones an API's `narrow` adds; list them
+    in the API's `internal_settings` too, so the runtime refuses them from a manifest)."""
     unknown = set(settings) - set(known) - set(internal)
     if unknown:
         from okra_core.errors import ConfigError

@@ -83,7 +83,7 @@ class CallAPI:
         check_settings(policy, ("services",), "okra.call policy settings", internal=("rule",))
         if "services" not in policy:
             return requested
-        permitted = set(_services(policy, "services"))
+        permitted = set(_services({"services": policy["services"]}, "services"))
         declared = _services(requested, "services")
         refused = [s for s in declared if s not in permitted]
         if refused:
@@ -95,7 +95,7 @@ class CallAPI:
 
 
 def _services(config: Mapping[str, Any], key: str) -> list[str]:
-    check_settings(config, ("services",), "okra.call settings", internal=("rule",))
+    check_settings(config, ("services",), "okra.call settings")
     services = config.get(key, [])
     if not isinstance(services, list) or not all(
         isinstance(s, str) and SERVICE_NAME.fullmatch(s) for s in services

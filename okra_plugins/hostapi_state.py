@@ -142,6 +142,8 @@ def decode_list_request(data: bytes) -> tuple[bytes, bytes, int]:
 class StateAPI:
     namespace = NAMESPACE
     description = "key-value state per service (per key for keyed services): versions, TTL, CAS, counters"
+    #: Written by `narrow` only: the runtime refuses it from a manifest.
+    internal_settings = (POLICY_RULES,)
 
     def function_names(self) -> Sequence[str]:
         return ("get", "set", "delete", "compare_and_set", "increment", "list")

@@ -22,7 +22,8 @@
 #   guest sets goes along; reserved metadata keys are refused.
 # - malformed CallRequests (bad names, varint where bytes belong, truncated) ->
 #   INVALID_ARGUMENT without allocating.
-# - settings: services must be fully qualified names; unknown keys fail the deploy.
+# - settings: services must be fully qualified names; unknown keys fail the deploy, and
+#   so does "rule" (the key only a policy rule's settings carry, for its name).
 # - policy: a rule whose okra.call services leave out a declared dependency fails the
 #   deploy naming the rule; a rule listing it deploys.
 import asyncio
@@ -291,6 +292,7 @@ def test_reserved_or_invalid_metadata_keys_are_refused(messages, key):
         ({"services": ["Echo"]}, "fully qualified service names"),
         ({"services": "relay.v1.Echo"}, "fully qualified service names"),
         ({"service": [ECHO]}, "unknown okra.call settings: service"),
+        ({"services": [ECHO], "rule": "security-team"}, "unknown okra.call settings: rule"),
     ],
 )
 async def test_bad_settings_fail_the_deploy(runtime, package, settings, fragment):

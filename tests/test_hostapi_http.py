@@ -31,7 +31,8 @@
 #   a policy's lower max_response_bytes applies. Through the runtime's own grant path
 #   (okra_core.grants.grant, a Policy parsed from TOML): the granted fetch obeys the
 #   rule; a rule allowing nothing a manifest entry asks for fails the deploy naming
-#   both; the offline check of `okra build` opens no connection pool.
+#   both; the offline check of `okra build` opens no connection pool; a manifest
+#   setting policy_allow (the key narrow writes) is refused at grant time.
 # - plugin: registered through register_host_apis, listed in DEFAULT_PLUGINS, blocking.
 # - asyncio: a fetch in flight on a worker thread never blocks an event loop: the server
 #   answers only after the loop has run 20 more ticks.
@@ -705,6 +706,16 @@ allow = ["https://*.example.com"]
     with pytest.raises(CapabilityError) as info:
         grant(manifest, plugins, config, env)
     assert "'egress'" in str(info.value) and '"https://api.stripe.com"' in str(info.value)
+
+
+def test_a_manifest_cannot_set_the_policy_allow_list_narrow_writes(plugins, env):
+    manifest = make_manifest(host_apis={"okra.http": {
+        "allow": ["https://*"], "policy_allow": [{"rule": "security-team", "allow": ["https://*"]}],
+    }})
+    with pytest.raises(DeployError, match=(
+        r'policy_allow in \[host_apis."okra.http"\] is set by operator policy, not by a package'
+    )):
+        grant(manifest, plugins, RuntimeConfig(), env)
 
 
 def test_the_offline_build_check_opens_no_connection_pool(plugins):

@@ -33,6 +33,8 @@
 #   and not in the guest's message.
 # - settings: defaults, unknown keys listed, bad types; policy narrowing: read_only,
 #   lowered limits (never raised), unknown policy keys, several rules.
+# - a manifest setting policy_rules (the key narrow writes to name the rule) is refused
+#   at grant time: a package cannot make its own settings look like a policy rule's.
 # - threads: many guests of one keyed actor incrementing one counter lose no update.
 import logging
 import struct
@@ -43,7 +45,9 @@ from hostapi_basic_support import Guest, Result, registry, run_threads
 from okra_core.abi import encode_varint, iter_fields
 from okra_core.audit import Audit
 from okra_core.clock import FakeClock
-from okra_core.errors import ConfigError
+from okra_core.config import RuntimeConfig
+from okra_core.errors import ConfigError, DeployError
+from okra_core.grants import grant
 from okra_core.hostapi import HostEnvironment
 from okra_core.metrics import Metrics
 from okra_core.status import StatusCode
@@ -54,6 +58,7 @@ from okra_plugins.hostapi_state import (
     namespace_of,
 )
 from okra_plugins.store_memory import MemoryStore
+from support import make_manifest
 
 SERVICE = "shop.v1.Cart"
 MEMORY = 4 * 1024 * 1024
@@ -747,3 +752,15 @@ def test_many_guests_of_one_actor_lose_no_increment(env, store):
 
     run_threads([count(g) for g in guests])
     assert store.get(f"{SERVICE}#counter", b"n").value == b"400"
+
+
+def test_a_manifest_cannot_set_the_policy_rules_narrow_writes(env):
+    manifest = make_manifest(host_apis={"okra.state": {
+        "read_only": True, "policy_rules": {"read_only": "security-team"},
+    }})
+    with pytest.raises(DeployError) as info:
+        grant(manifest, registry(), RuntimeConfig(), env)
+    assert str(info.value) == (
+        "package 'greeter': policy_rules in [host_apis.\"okra.state\"] is set by operator "
+        "policy, not by a package: remove it from okra.toml"
+    )

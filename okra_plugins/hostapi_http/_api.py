@@ -31,7 +31,13 @@ from okra_plugins.hostapi_http._deadline import DeadlineBackend, deadline
 from okra_plugins.hostapi_http._messages import (
     HttpResponse, decode_request, encode_response,
 )
-from okra_plugins.hostapi_http._settings import WHERE, Settings, narrow, parse_settings
+from okra_plugins.hostapi_http._settings import (
+    POLICY_ALLOW,
+    WHERE,
+    Settings,
+    narrow,
+    parse_settings,
+)
 
 NAMESPACE = "okra.http"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -58,6 +64,8 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 class HttpAPI:
     namespace = NAMESPACE
     description = "outbound HTTP(S) requests to the destinations an allow-list names"
+    #: Written by `narrow` only: the runtime refuses it from a manifest.
+    internal_settings = (POLICY_ALLOW,)
 
     def __init__(self, max_connections: int = MAX_CONNECTIONS):
         self._max_connections = max_connections
