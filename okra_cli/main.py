@@ -262,8 +262,23 @@ def server_options(command):
             callback=_config_values,
             help="Set an okra.config value at deploy, for every package or for PACKAGE (repeat).",
         ),
-        click.option("--engine", default="wasmtime", show_default=True, help="WebAssembly engine plugin."),
-        click.option("--cache-dir", type=click.Path(file_okay=False), help="Compiled-module cache directory."),
+        click.option(
+            "--engine", metavar="NAME",
+            help="Run every package on this engine, whatever its manifest prefers (see okra plugins).",
+        ),
+        click.option(
+            "--default-engine", default="wasmtime", show_default=True, metavar="NAME",
+            help="Engine for packages that prefer none, or one not allowed or not installed.",
+        ),
+        click.option(
+            "--allow-engine", "allowed_engines", multiple=True, metavar="NAME",
+            help="Engines packages may prefer (repeat; default: every installed one).",
+        ),
+        click.option(
+            "--allow-unenforced-limits", is_flag=True,
+            help="Deploy packages whose time or memory limit their engine cannot enforce (e.g. on wasm3), with a warning.",
+        ),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="wasmtime's compiled-module cache directory."),
         click.option(
             "--log-level", default="info", show_default=True,
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -309,19 +324,26 @@ def _secrets_options(ctx, param, secrets: str) -> tuple[str, dict]:
 def _serve(
     packages, *, host, grpc_port, http_port, max_message_size, max_memory, max_call_time,
     allow_headers, cors_origins, allowed, policy, state, data_dir, secrets, config_values,
-    engine, cache_dir, log_level, grace, background=(),
+    engine, default_engine, allowed_engines, allow_unenforced_limits, cache_dir, log_level,
+    grace, background=(),
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.policy import Policy
     from okra_core.serve import Listener, Server, serve_until_signalled
     setup_logging(log_level)
-    options = {"cache_dir": cache_dir} if cache_dir else {}
+    default = engine or default_engine
+    engines_options = {"wasmtime": {"cache_dir": cache_dir}} if cache_dir else {}
+    engines_allowed = frozenset(allowed_engines) if allowed_engines else None
     message_size = max_message_size
     state_store, state_options = state
     secrets_provider, secrets_options = secrets
     config = RuntimeConfig(
-        engine=engine,
-        engine_options=options,
+        engine=default,
+        engine_options=engines_options.get(default, {}),
+        engines=engines_allowed,
+        engines_options=engines_options,
+        force_engine=engine is not None,
+        allow_unenforced_limits=allow_unenforced_limits,
         policy=Policy.load(policy) if policy else None,
         data_dir=data_dir,
         state_store=state_store,
@@ -357,7 +379,7 @@ def _serve(
             label = {"grpc": "gRPC", "connect": "HTTP"}.get(name, name)
             click.echo(f"{label} listening on {_host_port(bound_host, port)}")
         for service in server.runtime.services():
-            click.echo(f"  serving {service}")
+            click.echo(f"  serving {service} ({server.runtime.stats(service)['engine']})")
         sys.stdout.flush()
 
     asyncio.run(serve_until_signalled(server, ready, background=background))
@@ -491,18 +513,57 @@ def plugins(as_json: bool):
 
     registry = get_registry()
     provided = registry.provided()
+    engines = _engine_capabilities(registry)
     if as_json:
         by_plugin: dict[str, dict[str, list[str]]] = {}
         for item in provided:
             by_plugin.setdefault(item.plugin, {}).setdefault(item.kind, []).append(item.name)
         for name in registry.pm.list_name_plugin():
             by_plugin.setdefault(name[0], {})
-        click.echo(json.dumps([{"name": k, "provides": v} for k, v in sorted(by_plugin.items())], indent=2))
+        listed = []
+        for name, kinds in sorted(by_plugin.items()):
+            entry: dict = {"name": name, "provides": kinds}
+            if "engines" in kinds:  # what each engine enforces (docs/engines.md)
+                entry["engines"] = {e: engines[e] for e in kinds["engines"] if e in engines}
+            listed.append(entry)
+        click.echo(json.dumps(listed, indent=2))
         return
     table = Table("plugin", "kind", "provides")
     for item in sorted(provided, key=lambda p: (p.plugin, p.kind, p.name)):
         table.add_row(item.plugin, item.kind.replace("_", " ").rstrip("s"), item.name)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    table = Table(
+        "engine", "deadlines", "interrupt", "memory limit", "parallel",
+        "WASI", "components", title="Engines (docs/engines.md)",
+    )
+    yes_no = {True: "yes", False: "no"}
+    for name, described in engines.items():
+        if "unavailable" in described:
+            table.add_row(name, f"unavailable: {described['unavailable']}", "", "", "", "", "")
+            continue
+        caps = described["capabilities"]
+        table.add_row(
+            name, yes_no[caps["deadline"]], yes_no[caps["interrupt"]],
+            yes_no[caps["memory_limit"]], yes_no[caps["parallel"]], caps["wasi"],
+            yes_no[caps["component_model"]],
+        )
+    console.print(table)
+
+
+def _engine_capabilities(registry) -> dict[str, dict]:
+    """Each engine's capabilities and version, or why it cannot be used here."""
+    out: dict[str, dict] = {}
+    for name in registry.names("engines"):
+        try:
+            engine = registry.engine(name)
+            out[name] = {
+                "capabilities": engine.capabilities().to_json(),
+                "version": engine.describe().get("version", ""),
+            }
+        except OkraError as exc:
+            out[name] = {"unavailable": str(exc)}
+    return out
 
 
 def _load_plugin_commands() -> None:

@@ -62,6 +62,8 @@ class Deployment:
     package: Package
     services: dict[str, ServiceSchema]
     actors: dict[str, ServiceActor]
+    #: The name of the engine its services run on.
+    engine: str = ""
 
     @property
     def name(self) -> str:
@@ -256,7 +258,11 @@ class Runtime:
         for api, count in self.audit.denials(package).items():
             if package != service:
                 denials[api] = denials.get(api, 0) + count
-        return {"kind": self._kind(service), **actor.stats(), "denials": denials}
+        deployment = self._deployments[package]
+        return {
+            "kind": self._kind(service), "engine": deployment.engine, **actor.stats(),
+            "denials": denials,
+        }
 
     def passivate(self, service: str) -> int:
         """Release a service's idle instances now, as idle time would; the service stays
@@ -486,7 +492,7 @@ class Runtime:
 
             for service, actor in actors.items():
                 await self._actor_system.spawn(service, actor, replace=True)
-            self._deployments[manifest.name] = Deployment(package, schemas, actors)
+            self._deployments[manifest.name] = Deployment(package, schemas, actors, engine.name)
             if previous is not None:
                 for gone in set(previous.services) - set(schemas):
                     await self._actor_system.stop(gone, grace=self.config.drain_timeout)
