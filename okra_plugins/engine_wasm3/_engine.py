@@ -80,7 +80,7 @@ class Wasm3Engine:
             interrupt=False,  # likewise; later calls are refused
             memory_limit=True,  # the module's declared maximum, lowered to the limit
             parallel=True,  # each m3_Call releases the GIL
-            wasi="preview1 (OKRA's own: no files, environment or arguments)",
+            wasi="preview1",  # OKRA's own shim (_wasi), the same sandbox as wasmtime's
         )
 
     def describe(self) -> dict[str, str]:
