@@ -1,6 +1,8 @@
 """State store `redis`: state shared by several OKRA hosts, in a Redis server.
 
-Option `url` ("redis://host:port/db", "rediss://..." for TLS, "unix:///path?db=N").
+Option `url` ("redis://host:port/db", "rediss://..." for TLS, "unix:///path?db=N"),
+checked here before redis-py sees it: a path that is not a database number and a query
+parameter outside QUERY_PARAMETERS are errors, and no error shows the url's password.
 Every write is one Lua script, so compare-and-set, increment and the version counter
 are atomic on the server whatever the number of hosts. Standalone Redis only: the
 version counter is one key shared by all namespaces, which Redis Cluster would not let a
@@ -27,6 +29,8 @@ Index members whose hash is gone are removed by the next `list` that meets them.
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Any
 
 from okra_core.clock import Clock, SystemClock
@@ -46,6 +50,82 @@ DEFAULT_PREFIX = "okra:state:"
 #: Index members one `list` call examines at most, beyond the page it returns, so a
 #: namespace full of expired members cannot make one script hold the server long.
 LIST_SCAN_BUDGET = 2000
+
+#: Query parameters a url may give (redis-py's connection options that make sense as
+#: text); TLS_QUERY_PARAMETERS only for rediss://, KEEPALIVE not for unix://.
+QUERY_PARAMETERS = (
+    "db", "username", "password", "client_name", "socket_timeout", "socket_connect_timeout",
+    "retry_on_timeout", "health_check_interval", "max_connections",
+)
+KEEPALIVE = ("socket_keepalive",)
+TLS_QUERY_PARAMETERS = (
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+    "ssl_password", "ssl_check_hostname", "ssl_ciphers",
+)
+_PASSWORD_PARAMETER = re.compile(r"([?&](?:ssl_)?password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (user info, or a password query parameter) as ***, for
+    messages and logs. Works on urls that do not parse; when unsure it hides more."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{host}"
+    return _PASSWORD_PARAMETER.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
+def check_url(url: str) -> None:
+    """Refuse what redis-py would misread: an unknown query parameter (a TypeError deep
+    in redis-py), a path that is not a database number (silently db 0), bad numbers."""
+    shown = redact_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"state store redis: bad url {shown!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"state store redis: bad url {shown!r}: it must start with redis://, rediss:// "
+            "or unix://"
+        )
+    known = QUERY_PARAMETERS + (() if scheme == "unix" else KEEPALIVE) + (
+        TLS_QUERY_PARAMETERS if scheme == "rediss" else ()
+    )
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"state store redis: unknown query parameter {', '.join(unknown)} in the url "
+            f"{shown!r} (known: {', '.join(known)})"
+        )
+    for name in ("db", "health_check_interval", "max_connections"):
+        if name in query and not query[name][0].isdigit():
+            raise ConfigError(
+                f"state store redis: {name} must be a whole number, got {query[name][0]!r} "
+                f"in the url {shown!r}"
+            )
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if name in query:
+            try:
+                float(query[name][0])
+            except ValueError:
+                raise ConfigError(
+                    f"state store redis: {name} must be a number of seconds, got "
+                    f"{query[name][0]!r} in the url {shown!r}"
+                ) from None
+    path = urllib.parse.unquote(parts.path)
+    if scheme != "unix" and path not in ("", "/") and not (
+        path[1:].isdigit() and path.startswith("/") and path[1:].isascii()
+    ):
+        raise ConfigError(
+            f"state store redis: the path of a redis url is the database number, e.g. "
+            f"redis://localhost:6379/0; got {path!r} in the url {shown!r}"
+        )
+
 
 _COMMON = """
 local function index_add(index, member, ttl)
@@ -200,15 +280,20 @@ class RedisStore:
         self, url: str, clock: Clock | None = None, prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
     ):
+        check_url(url)
         import redis  # here, not at the top: importing it takes ~120 ms of every start
 
         try:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
-        except ValueError as exc:
-            raise ConfigError(f"state store redis: bad url {url!r}: {exc}") from None
-        self.url = url
+        except (ValueError, TypeError) as exc:
+            # redis-py's message may quote the url; name it ourselves, redacted.
+            raise ConfigError(
+                f"state store redis: bad url {redact_url(url)!r} ({type(exc).__name__})"
+            ) from None
+        #: The url with its password hidden, for messages.
+        self.url = redact_url(url)
         self._clock = clock or SystemClock()
         self._prefix = prefix.encode()
         self._counter = self._prefix + b"version"

@@ -3,7 +3,8 @@
 # or a manifest asking for okra.state / okra.secrets / okra.config, and checks the
 # one-line error a wrong option gives, before any port opens:
 # - --state with an unknown store names the installed ones; a redis:// URL nobody
-#   listens on fails the deploy of a package that uses state, naming the store.
+#   listens on fails the deploy of a package that uses state, naming the store; a
+#   malformed redis URL's error shows its password as ***, never the password.
 # - --secrets with an unknown provider names the installed ones; dir: without a path
 #   and dir:PATH of a missing directory are usage / deploy errors.
 # - --config without NAME=VALUE is a usage error; --config for a package that does not
@@ -47,6 +48,13 @@ def test_an_unreachable_redis_fails_the_deploy_of_a_package_that_uses_state(tmp_
     pkg = package(tmp_path, {"okra.state": {}})
     result = serve(tmp_path, pkg, "--state", f"redis://127.0.0.1:{closed_port()}/0")
     assert_one_line_error(result, "okra.state: cannot open state store 'redis'")
+
+
+def test_a_malformed_redis_url_error_hides_its_password(tmp_path):
+    pkg = package(tmp_path, {"okra.state": {}})
+    result = serve(tmp_path, pkg, "--state", "redis://:s3cret@[::1")
+    assert_one_line_error(result, "redis://:***@[::1")
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_an_unknown_secrets_provider_names_the_installed_ones(tmp_path):

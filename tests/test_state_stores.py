@@ -21,7 +21,9 @@
 #   an index TTL never shorter than a member's; index members whose hash vanished are
 #   dropped by list; a namespace full of expired members lists in bounded steps whose
 #   cursors still cover everything; two prefixes on one database are separate stores;
-#   an unreachable server fails at open; a bad url is a ConfigError.
+#   an unreachable server fails at open; a bad url is a ConfigError; no error (nor the
+#   store's repr) shows the url's password; an unknown query parameter and a db path that
+#   is not a number are ConfigErrors saying what is accepted (no server needed).
 import gc
 import sqlite3
 import threading
@@ -315,3 +317,38 @@ def test_redis_an_unreachable_server_fails_at_open(registry):
 def test_redis_a_bad_url_is_a_config_error(registry):
     with pytest.raises(ConfigError, match="bad url"):
         registry.state_store("redis", url="http://localhost/")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@[::1", "redis://:***@[::1"),
+    ("redis://user:s3cret@host:6379/x", "redis://user:***@host:6379/x"),
+    ("rediss://:s3cret@host:6379/0?foo=bar", "rediss://:***@host:6379/0?foo=bar"),
+    ("unix:///run/redis.sock?password=s3cret&db=x", "unix:///run/redis.sock?password=***&db=x"),
+])
+def test_redis_errors_never_show_the_password(registry, url, shown):
+    with pytest.raises(ConfigError) as info:
+        registry.state_store("redis", url=url)
+    assert "s3cret" not in str(info.value) and shown in str(info.value)
+
+
+def test_redis_repr_hides_the_password():
+    from okra_plugins.store_redis import redact_url
+
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("redis://user@host:6379/0") == "redis://user@host:6379/0"
+    assert redact_url("redis://a:b@c@host/0") == "redis://a:***@host/0"
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("redis://localhost:6379/0?foo=bar",
+     "unknown query parameter foo in the url 'redis://localhost:6379/0?foo=bar' (known: db, username, password,"),
+    ("redis://localhost:6379/notanumber",
+     "the path of a redis url is the database number, e.g. redis://localhost:6379/0; got '/notanumber'"),
+    ("redis://localhost:6379/0?db=x", "db must be a whole number, got 'x'"),
+    ("redis://localhost:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("redis://localhost:6379/0?ssl_certfile=c.pem", "unknown query parameter ssl_certfile"),
+])
+def test_redis_url_mistakes_are_config_errors_saying_what_is_accepted(registry, url, fragment):
+    with pytest.raises(ConfigError) as info:
+        registry.state_store("redis", url=url)
+    assert fragment in str(info.value)
