@@ -26,7 +26,9 @@
 #   allow-list says so; user info cannot smuggle a host; IPv4 as one number is denied.
 # - hostile input: malformed HttpRequest bytes, pointers outside memory (request and
 #   result), negative lengths, bad methods, headers the host owns, header injection
-#   (CR/LF): INVALID_ARGUMENT and no request sent.
+#   (CR/LF): INVALID_ARGUMENT and no request sent. A length of -1 as the built-in
+#   engines deliver it (unsigned, 0xFFFFFFFF): req_len is RESOURCE_EXHAUSTED (over
+#   max_request_bytes), out_cap INVALID_ARGUMENT (outside memory).
 # - policy: allowed by the manifest but not by a policy rule -> denied naming the rule;
 #   a policy's lower max_response_bytes applies. Through the runtime's own grant path
 #   (okra_core.grants.grant, a Policy parsed from TOML): the granted fetch obeys the
@@ -610,6 +612,17 @@ def test_bad_guest_pointers_fail_before_anything_is_sent(allowed, guest_for, arg
     request = encode_request(HttpRequest("GET", f"{allowed.origin}/echo"))
     rc, message = guest.call(request, **args)
     assert rc == -StatusCode.INVALID_ARGUMENT and says in message
+    assert allowed.hits == []
+
+
+def test_a_length_of_minus_one_as_engines_deliver_it(allowed, guest_for):
+    """i32 arguments arrive unsigned: the guest's -1 is 4294967295."""
+    guest = guest_for(allowed.origin)
+    request = encode_request(HttpRequest("GET", f"{allowed.origin}/echo"))
+    rc, message = guest.call(request, req_len=0xFFFFFFFF)
+    assert rc == -StatusCode.RESOURCE_EXHAUSTED and "max_request_bytes" in message
+    rc, message = guest.call(request, out_cap=0xFFFFFFFF)
+    assert rc == -StatusCode.INVALID_ARGUMENT and "is outside the guest" in message
     assert allowed.hits == []
 
 

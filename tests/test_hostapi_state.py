@@ -24,6 +24,8 @@
 #   before anything is written.
 # - sizes: an empty key or one over max_key_bytes -3 (memory never read); a value over
 #   max_value_bytes -8 RESOURCE_EXHAUSTED naming the setting; both settings honoured.
+#   A length of -1 as the built-in engines deliver it (unsigned, 0xFFFFFFFF): a key -3,
+#   a value -8 (over max_value_bytes), nothing stored.
 # - read_only: every write -7 PERMISSION_DENIED naming the setting (or the policy rule),
 #   audited (okra.audit record, per-service count, okra_denials_total) and the store
 #   untouched; reads still work.
@@ -468,6 +470,16 @@ def test_bad_value_pointers_are_invalid_argument_and_store_nothing(guest, store,
     out = guest.memory.alloc(8)
     assert guest.call("set", key_ptr, key_len, ptr, length, 0, out) == -StatusCode.INVALID_ARGUMENT
     assert guest.call("compare_and_set", key_ptr, key_len, 0, ptr, length, 0, out) == -StatusCode.INVALID_ARGUMENT
+    assert store.get(SERVICE, b"k") is None
+
+
+def test_a_length_of_minus_one_as_engines_deliver_it(guest, store):
+    """i32 arguments arrive unsigned: the guest's -1 is 4294967295."""
+    key_ptr, key_len = guest.memory.put(b"k")
+    val_ptr, _ = guest.memory.put(b"v")
+    out = guest.memory.alloc(8)
+    assert guest.call("set", key_ptr, 0xFFFFFFFF, val_ptr, 1, 0, out) == -StatusCode.INVALID_ARGUMENT
+    assert guest.call("set", key_ptr, key_len, val_ptr, 0xFFFFFFFF, 0, out) == -StatusCode.RESOURCE_EXHAUSTED
     assert store.get(SERVICE, b"k") is None
 
 
