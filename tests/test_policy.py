@@ -20,7 +20,8 @@
 #   string, a malformed okra.call service), an unknown setting, a function the API
 #   does not have, settings for an API without `narrow`; a valid policy passes.
 # Selection:
-# - a rule without selectors applies to every package; services (globs), packages
+# - a rule without selectors (or with only empty selector lists) applies to every
+#   package; services (globs), packages
 #   (globs) and tags select; a rule that selects nothing else leaves a package alone.
 # Narrowing:
 # - deny: a package asking for a denied API fails to deploy, naming the rule and file;
@@ -188,6 +189,7 @@ def test_unreadable_or_invalid_policy_files_are_config_errors(tmp_path):
     "selectors, selected",
     [
         ({}, True),
+        ({"tags": [], "services": [], "packages": []}, True),  # empty lists: no selector
         ({"services": ["greeter.v1.*"]}, True),
         ({"services": ["greeter.v2.*"]}, False),
         ({"packages": ["gree*"]}, True),
