@@ -16,7 +16,8 @@
 #   more than max_redirects, is RESOURCE_EXHAUSTED; max_redirects hops succeed.
 # - limits: a response over max_response_bytes is RESOURCE_EXHAUSTED (declared or
 #   streamed without a length), one at the limit is returned whole; max_request_bytes
-#   and max_url_bytes are checked before anything is sent.
+#   and max_url_bytes are checked before anything is sent; max_response_bytes above
+#   the runtime-wide cap (64 MiB) fails the deploy, in a manifest or a policy rule.
 # - time: a slow server and a server that trickles its body are DEADLINE_EXCEEDED within
 #   the timeout (one deadline for the whole exchange, not per read); the call's deadline
 #   and the request's timeout_ms both bound it; a deadline already passed fails at once.
@@ -661,6 +662,14 @@ def test_settings_are_checked_when_the_functions_are_built(api, env):
         api.functions({"allow": [], "alow": []}, env)
     with pytest.raises(ConfigError, match="scheme://host"):
         api.functions({"allow": ["https://api.example.com/v1"]}, env)
+
+
+def test_max_response_bytes_is_capped_at_64_mib(api, env):
+    api.functions({"allow": [], "max_response_bytes": "64MiB"}, env)
+    with pytest.raises(ConfigError, match=r"max_response_bytes '65MiB' is not a size between 1 byte and 64 MiB.*at most 64 MiB"):
+        api.functions({"allow": [], "max_response_bytes": "65MiB"}, env)
+    with pytest.raises(ConfigError, match="at most 64 MiB"):
+        api.narrow({}, {"rule": "r", "max_response_bytes": "1GiB"})
 
 
 def test_a_policy_rule_denies_what_the_manifest_allows_naming_the_rule(allowed, other, api, env):

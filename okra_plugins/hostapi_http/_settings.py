@@ -34,6 +34,10 @@ FUNCTIONS = "functions"
 MAX_TIMEOUT_SECONDS = 60
 MAX_REDIRECTS = 20
 SIZE_KEYS = ("max_request_bytes", "max_response_bytes", "max_url_bytes")
+#: The largest max_response_bytes a manifest or policy may set: a response is held in
+#: host memory whole, so this bounds what one fetch can cost the host. Operators lower
+#: it per package with a policy rule's max_response_bytes.
+MAX_RESPONSE_BYTES_LIMIT = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,14 @@ def _parse_limit(key: str, value: Any, where: str) -> Any:
                 f"got {value!r}"
             )
         return value
+    if key == "max_response_bytes":
+        try:
+            return parse_size(value, f"{where} {key}", maximum=MAX_RESPONSE_BYTES_LIMIT)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (okra.http holds a response in memory, so max_response_bytes is at "
+                f"most {MAX_RESPONSE_BYTES_LIMIT // (1024 * 1024)} MiB)"
+            ) from None
     return parse_size(value, f"{where} {key}")
 
 
