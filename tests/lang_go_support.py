@@ -107,12 +107,15 @@ class Reply:
 
 
 class Guest:
-    """One instance of a guest module with okra.log (and any extra host functions)
-    linked; logs and stdio are recorded."""
+    """One instance of a guest module on `engine` with okra.log (and any extra host
+    functions) linked; logs and stdio are recorded."""
 
-    def __init__(self, package: Package, service: str, extra: Sequence[HostFunction] = ()):
+    def __init__(
+        self, package: Package, service: str, extra: Sequence[HostFunction] = (),
+        engine: str = "wasmtime",
+    ):
         registry = get_registry()
-        self.engine = registry.engine("wasmtime", cache_dir=None)
+        self.engine = registry.engine(engine, cache_dir=None)
         self.module = self.engine.compile(package.wasm)
         self.logger = logging.getLogger(f"okra.service.{service}")
         self.logger.setLevel(logging.DEBUG)

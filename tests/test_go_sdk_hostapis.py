@@ -111,10 +111,11 @@ def clock():
     return FakeClock()
 
 
-@pytest.fixture
-async def runtime(package, engine_cache, secrets_dir, clock, tmp_path):
+@pytest.fixture(params=["wasmtime", "wasm3"])
+async def runtime(request, package, engine_cache, secrets_dir, clock, tmp_path):
     config = RuntimeConfig(
-        engine_options={"cache_dir": str(engine_cache)},
+        engine=request.param,
+        engine_options={"cache_dir": str(engine_cache / request.param)},
         data_dir=str(tmp_path / "data"),
         secrets_provider="dir",
         secrets_options={"path": str(secrets_dir)},

@@ -1,5 +1,6 @@
 # Test plan: examples/greeter, the Go example the README serves, builds and behaves as
 # its .proto documents (copied to a temporary directory, so the repository stays clean).
+# The unary cases run the guest on each engine (wasmtime and wasm3).
 # - SayHello: the language picks the greeting, `times` repeats it (int64), logged with
 #   fields; empty name -> INVALID_ARGUMENT; times out of range -> OUT_OF_RANGE; an enum
 #   value the build does not know -> INVALID_ARGUMENT naming it.
@@ -60,9 +61,9 @@ def types(package):
     return message_classes(package.descriptor_set)
 
 
-@pytest.fixture
-def guest(package):
-    guest = Guest(package, "greeter.v1.Greeter")
+@pytest.fixture(params=["wasmtime", "wasm3"])
+def guest(request, package):
+    guest = Guest(package, "greeter.v1.Greeter", engine=request.param)
     yield guest
     guest.close()
 
