@@ -124,6 +124,8 @@ class Runtime:
         # A misspelt store or provider fails here, before anything is deployed.
         self.registry.get("state_stores", self.config.state_store)
         self.registry.get("secrets_providers", self.config.secrets_provider)
+        if self.config.policy is not None:  # a misspelt host API too
+            self.config.policy.check(self.registry)
         if self._actor_system is None:
             self._actor_system = local_actor_system()
         if self._engine is None:

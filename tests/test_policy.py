@@ -11,7 +11,9 @@
 # - errors name the file and the rule: unknown top-level or rule keys, deny of a name
 #   that is not a host API, a non-table host_apis entry, bad limits, duplicate rule
 #   names, invalid TOML, a missing file.
-# Checking against the installed host APIs (Policy.check, run by every grant):
+# Checking against the installed host APIs (Policy.check, run when the runtime starts
+# and by every grant):
+# - a runtime whose policy misspells a host API fails to start.
 # - a deny entry or host_apis table naming a host API no plugin provides (a typo such
 #   as okra.htp) is an error naming the file, the rule and the name, listing the
 #   installed host APIs (ConfigError; a DeployError from grant, whatever the package
@@ -367,3 +369,11 @@ def test_serve_with_an_invalid_policy_file_names_it(tmp_path, descriptors):
     rules.write_text('[[rule]]\nname = "x"\nallow = ["okra.log"]\n')
     result = okra("serve", str(package), "--grpc-port", "0", "--http-port", "0", "--policy", str(rules))
     assert_one_line_error(result, f"{rules}: rule 1: unknown keys allow")
+
+
+async def test_a_runtime_with_a_misspelt_policy_fails_to_start(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text('[[rule]]\nname = "typo"\ndeny = ["okra.htp"]\n')
+    runtime = Runtime(RuntimeConfig(policy=Policy.load(path), data_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="rule 'typo': deny names okra.htp, which is not an installed host API"):
+        await runtime.start()
