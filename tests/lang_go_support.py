@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -27,6 +28,7 @@ from support import FIXTURES_DIR, PROTO_DIR
 GO_FIXTURES = FIXTURES_DIR / "go"
 
 _built: dict[str, Package] = {}
+_WASM3_CHECKED = tempfile.mkdtemp(prefix="okra-wasm3-checked-")
 
 
 def build_guest(
@@ -115,7 +117,8 @@ class Guest:
         engine: str = "wasmtime",
     ):
         registry = get_registry()
-        self.engine = registry.engine(engine, cache_dir=None)
+        # wasm3 checks a module once per cache (seconds for a Go guest): one per session
+        self.engine = registry.engine(engine, cache_dir=_WASM3_CHECKED if engine == "wasm3" else None)
         self.module = self.engine.compile(package.wasm)
         self.logger = logging.getLogger(f"okra.service.{service}")
         self.logger.setLevel(logging.DEBUG)

@@ -13,7 +13,7 @@ from typing import Any
 
 from okra_core.engine import EngineCapabilities
 from okra_core.errors import ConfigError, DeployError, PackageError
-from okra_plugins.engine_wasm3 import _capi, _wasm
+from okra_plugins.engine_wasm3 import _capi, _meter, _wasm
 from okra_plugins.engine_wasm3._instance import signature
 from okra_plugins.engine_wasm3._module import Wasm3Module
 
@@ -42,6 +42,9 @@ class Wasm3Engine:
       stack_bytes: each instance's wasm3 value stack (default 64 KiB, at most 1 MiB).
         Deeper recursion traps with "stack overflow". A larger stack needs threads with
         a larger native stack (see DEFAULT_STACK_BYTES): raise it only with them.
+      meter: write fuel checks into each module (`_meter`) so that a call is stopped at
+        its deadline and by `Instance.interrupt` wherever it is (default True). They
+        cost a few percent of compute; without them, only host calls look.
       cache_dir: where the digests of modules already checked are remembered, so that
         a module is compiled through once (seconds for a Go guest), not at every
         deploy. Default: `$OKRA_CACHE_DIR/wasm3-checked`, else under
@@ -52,13 +55,19 @@ class Wasm3Engine:
 
     name = "wasm3"
 
-    def __init__(self, *, stack_bytes: int = DEFAULT_STACK_BYTES, cache_dir: Any = _DEFAULT):
+    def __init__(
+        self, *, stack_bytes: int = DEFAULT_STACK_BYTES, cache_dir: Any = _DEFAULT,
+        meter: bool = True,
+    ):
         if type(stack_bytes) is not int or not 4096 <= stack_bytes <= MAX_STACK_BYTES:
             raise ConfigError(
                 f"engine option stack_bytes={stack_bytes!r} must be a whole number of bytes "
                 f"from 4096 to {MAX_STACK_BYTES}"
             )
         self.stack_bytes = stack_bytes
+        if not isinstance(meter, bool):
+            raise ConfigError(f"engine option meter={meter!r} must be true or false")
+        self.meter = meter
         if cache_dir is _DEFAULT:
             cache_dir = _default_cache_dir()
         elif cache_dir is False or cache_dir is None or cache_dir == "":
@@ -76,8 +85,10 @@ class Wasm3Engine:
 
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(
-            deadline=False,  # looked at only when the guest calls the host
-            interrupt=False,  # likewise; later calls are refused
+            # With metering, fuel checks in every loop and function entry (_meter);
+            # without, only host calls look at the deadline and at interrupt.
+            deadline=self.meter,
+            interrupt=self.meter,
             memory_limit=True,  # the module's declared maximum, lowered to the limit
             parallel=True,  # each m3_Call releases the GIL
             wasi="preview1",  # OKRA's own shim (_wasi), the same sandbox as wasmtime's
@@ -87,6 +98,7 @@ class Wasm3Engine:
         return {
             "version": _capi.VERSION,
             "stack_bytes": str(self.stack_bytes),
+            "meter": "true" if self.meter else "false",
             "cache_dir": str(self.cache_dir) if self.cache_dir else "disabled",
         }
 
@@ -97,20 +109,32 @@ class Wasm3Engine:
             module = self._loaded.get(digest)
         if module is not None:
             return module
+        info = self._read(wasm)
+        runnable = self._metered(wasm) if self.meter else wasm
         checked = self._checked_marker(digest)
-        if checked is not None and checked.exists():
-            info = self._read(wasm)
-        else:
-            info = self._check(wasm)
+        if checked is None or not checked.exists():
+            self._check(runnable, self._read(runnable) if self.meter else info)
             self._remember(checked)
-        module = Wasm3Module(self, wasm, info, digest)
+        module = Wasm3Module(self, runnable, info, digest)
         with self._lock:
             return self._loaded.setdefault(digest, module)
 
     def _checked_marker(self, digest: str) -> pathlib.Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"{digest}-{_capi.VERSION}"
+        metered = "-metered" if self.meter else ""
+        return self.cache_dir / f"{digest}-{_capi.VERSION}{metered}"
+
+    @staticmethod
+    def _metered(wasm: bytes) -> bytes:
+        try:
+            return _meter.instrument(wasm)
+        except (_meter.Unsupported, _wasm.Malformed) as exc:
+            raise PackageError(
+                f"engine wasm3 cannot run service.wasm: {exc} (wasm3 runs WebAssembly 1.0 "
+                "with sign extension, saturating conversions, bulk memory and reference "
+                "types; no SIMD, threads or exceptions)"
+            ) from None
 
     @staticmethod
     def _remember(marker: pathlib.Path | None) -> None:
@@ -140,9 +164,8 @@ class Wasm3Engine:
         except _wasm.Malformed as exc:
             raise PackageError(f"{prefix}: {exc}") from None
 
-    @classmethod
-    def _check(cls, wasm: bytes) -> _wasm.ModuleInfo:
-        info = cls._read(wasm)
+    @staticmethod
+    def _check(wasm: bytes, info: _wasm.ModuleInfo) -> None:
         prefix = "service.wasm is not a valid WebAssembly module"
         # wasm3 compiles functions on first call: compile them all once here, with
         # every import linked to a stub, so that invalid code fails now, not in a call.
@@ -181,7 +204,6 @@ class Wasm3Engine:
         finally:
             _capi.free_runtime(runtime)
             _capi.free_environment(env)
-        return info
 
 
 def _default_cache_dir() -> pathlib.Path:
@@ -195,7 +217,7 @@ def _default_cache_dir() -> pathlib.Path:
 
 def create_engine(**options: Any) -> Wasm3Engine:
     """The factory registered as engine "wasm3"; unknown options are a ConfigError."""
-    known = ("stack_bytes", "cache_dir")
+    known = ("stack_bytes", "cache_dir", "meter")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(

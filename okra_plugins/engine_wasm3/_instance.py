@@ -6,9 +6,10 @@ parsed module into one runtime only, and an environment's code pages are reused 
 its runtimes without a lock, so instances that share nothing can run in parallel threads
 (each `m3_Call` releases the GIL). wasm3 compiles functions lazily, on their first call.
 
-wasm3 cannot stop a running call: a call's deadline and `interrupt` are looked at each
-time the guest calls the host (a host function or WASI), and a call past its deadline,
-or interrupted, fails there. A guest that never calls the host runs to completion.
+A call's deadline and `interrupt` are looked at each time the guest calls the host (a
+host function or WASI) and, in a metered module (`_meter`), each time its fuel runs
+out; a call past its deadline, or interrupted, is stopped there. Without metering a
+guest that never calls the host runs to completion.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from okra_core.engine import GuestFault, GuestInterrupted, GuestTimeout, GuestTrap, StdioSink
 from okra_core.hostapi import HostContext, HostFunction, call_host_function
-from okra_plugins.engine_wasm3 import _capi, _wasi
+from okra_plugins.engine_wasm3 import _capi, _meter, _wasi
 from okra_plugins.engine_wasm3._memory import Wasm3Memory
 
 _U32 = 0xFFFFFFFF
@@ -149,6 +150,27 @@ def host_callback(fn: HostFunction) -> _capi.RawCall:
             return None
         except BaseException as exc:
             return _failure(runtime, f"host function {fn.qualified_name}", exc)
+
+    return _capi.RawCall(callback)
+
+
+def refuel_callback() -> _capi.RawCall:
+    """`okra_meter.refuel() -> i32`: called by a metered guest whose fuel ran out; stops
+    the call if it is past its deadline or interrupted, else gives it more fuel."""
+    states = STATES
+    fuel = _meter.FUEL
+
+    def callback(runtime, import_ctx, sp, mem):
+        try:
+            state = states[runtime]
+            if state.interrupted or state.deadline is not None:
+                stopped = _check_running(state)
+                if stopped is not None:
+                    return stopped
+            sp[0] = fuel
+            return None
+        except BaseException as exc:
+            return _failure(runtime, "the fuel check", exc)
 
     return _capi.RawCall(callback)
 
@@ -288,8 +310,9 @@ class Wasm3Instance:
         return value - (1 << 32) if value >= 1 << 31 else value
 
     def interrupt(self) -> None:
-        """Refuse every later call, and stop the running one at its next host call
-        (wasm3 cannot stop guest code that does not call the host). Thread-safe."""
+        """Refuse every later call, and stop the running one at its next fuel check or
+        host call (without metering, a guest that never calls the host runs on).
+        Thread-safe: it only sets flags."""
         self._state.interrupted = True
         self._cap = -1
 
@@ -396,13 +419,11 @@ class Wasm3Instance:
         state.stopped = state.why = None
         if err == STOP:
             if stopped == TIMED_OUT:
-                raise GuestTimeout(
-                    f"{what}: deadline exceeded: the guest was stopped at a host call"
-                )
+                raise GuestTimeout(f"{what}: deadline exceeded: the guest was stopped")
             if stopped == INTERRUPTED:
                 raise GuestInterrupted(
                     f"{what}: the host interrupted the call (Instance.interrupt) and "
-                    "stopped the guest at a host call"
+                    "stopped the guest"
                 )
             if stopped == EXITED:
                 raise GuestTrap(f"{what}: the guest exited with status {why} (proc_exit)")

@@ -16,7 +16,7 @@ from okra_core import abi
 from okra_core.engine import ExportSpec, GuestFault, GuestTrap, ImportSpec, InstanceLimits, StdioSink
 from okra_core.errors import AbiError, CapabilityError, DeployError
 from okra_core.hostapi import HostContext, HostFunction
-from okra_plugins.engine_wasm3 import _capi, _instance, _wasi, _wasm
+from okra_plugins.engine_wasm3 import _capi, _instance, _meter, _wasi, _wasm
 from okra_plugins.engine_wasm3._instance import InstanceState, Wasm3Instance
 from okra_plugins.engine_wasm3._memory import Wasm3Memory
 
@@ -50,8 +50,11 @@ class Wasm3Module:
     """An `okra_core.engine.CompiledModule` on wasm3."""
 
     def __init__(self, engine, wasm: bytes, info: _wasm.ModuleInfo, digest: str):
+        """`wasm` is what instances load (with fuel checks when the engine meters);
+        `info` describes the module as built, whose imports the runtime checks."""
         self._engine = engine
         self._wasm = wasm
+        self._metered = engine.meter
         self._info = info
         #: sha256 of the module's bytes.
         self.digest = digest
@@ -224,6 +227,8 @@ class Wasm3Module:
                 )
             sig = _instance.signature(imp.params, imp.results)
             entries.append((imp.module, imp.name, sig, _instance.host_callback(fn)))
+        if self._metered:
+            entries.append((_meter.NAMESPACE, _meter.REFUEL, "i()", _instance.refuel_callback()))
         return _Linked(tuple(entries))
 
     @staticmethod
