@@ -276,7 +276,12 @@ def server_options(command):
         ),
         click.option(
             "--allow-unenforced-limits", is_flag=True,
-            help="Deploy packages whose time or memory limit their engine cannot enforce (e.g. on wasm3), with a warning.",
+            help="Deploy packages whose time or memory limit their engine cannot enforce (e.g. wasm3 with meter=false), with a warning.",
+        ),
+        click.option(
+            "--engine-option", "engine_settings", multiple=True, metavar="ENGINE.KEY=VALUE",
+            callback=_engine_settings,
+            help="An engine option, e.g. wasm3.meter=false or wasmtime.pooling_slots=64 (repeat; docs/engines.md).",
         ),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="wasmtime's compiled-module cache directory."),
         click.option(
@@ -304,6 +309,32 @@ def _config_values(ctx, param, values) -> dict[str, dict[str, str]]:
     return out
 
 
+def _engine_settings(ctx, param, values) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for item in values:
+        target, sep, raw = item.partition("=")
+        engine, dot, key = target.partition(".")
+        if not sep or not dot or not engine or not key:
+            raise click.BadParameter(f"{item!r}: write ENGINE.KEY=VALUE, e.g. wasm3.meter=false")
+        out.setdefault(engine, {})[key] = _option_value(raw)
+    return out
+
+
+def _option_value(raw: str) -> object:
+    """true/false, null, a number, else the text."""
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def _state_options(ctx, param, state: str) -> tuple[str, dict]:
     if state.startswith(("redis://", "rediss://", "unix://")):
         return "redis", {"url": state}
@@ -324,15 +355,17 @@ def _secrets_options(ctx, param, secrets: str) -> tuple[str, dict]:
 def _serve(
     packages, *, host, grpc_port, http_port, max_message_size, max_memory, max_call_time,
     allow_headers, cors_origins, allowed, policy, state, data_dir, secrets, config_values,
-    engine, default_engine, allowed_engines, allow_unenforced_limits, cache_dir, log_level,
-    grace, background=(),
+    engine, default_engine, allowed_engines, allow_unenforced_limits, engine_settings,
+    cache_dir, log_level, grace, background=(),
 ):
     from okra_core.config import RuntimeConfig
     from okra_core.policy import Policy
     from okra_core.serve import Listener, Server, serve_until_signalled
     setup_logging(log_level)
     default = engine or default_engine
-    engines_options = {"wasmtime": {"cache_dir": cache_dir}} if cache_dir else {}
+    engines_options = {name: dict(options) for name, options in engine_settings.items()}
+    if cache_dir:
+        engines_options.setdefault("wasmtime", {}).setdefault("cache_dir", cache_dir)
     engines_allowed = frozenset(allowed_engines) if allowed_engines else None
     message_size = max_message_size
     state_store, state_options = state

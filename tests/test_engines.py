@@ -9,24 +9,28 @@
 #   - a preference the operator does not allow, or for an engine that is not installed,
 #     falls back to the default with a warning naming both
 #   - a default engine outside the allowed set is a ConfigError
-# What an engine cannot enforce
-#   - limits.timeout_seconds in the manifest on wasm3: DeployError naming the limit, the
-#     engine and both ways out; nothing deployed
+# What an engine cannot enforce (wasm3 with meter=false: no fuel checks)
+#   - limits.timeout_seconds in the manifest: DeployError naming the limit, the engine
+#     and both ways out; nothing deployed
 #   - a time limit from an operator policy rule: refused naming the rule
 #   - allow_unenforced_limits: deployed, with a warning
 #   - wasmtime without epoch checks refuses it too (capabilities, not engine names)
 # wasm3 in the runtime
 #   - echo round trip through Runtime.invoke
-#   - a guest that never returns: its caller gets DEADLINE_EXCEEDED at the deadline, and
-#     other services keep answering meanwhile (wasm3 releases the GIL; no inline calls)
+#   - metered (the default): a package with a time limit deploys, and a guest that never
+#     returns is stopped at it (DEADLINE_EXCEEDED, "the guest was stopped")
+#   - unmetered: a guest that never returns: its caller gets DEADLINE_EXCEEDED at the
+#     deadline, and other services keep answering meanwhile (wasm3 releases the GIL; no
+#     inline calls)
 #   - closing an instance while its call runs frees it when the call returns, no crash
 #   - instances are freed: thousands of instantiate/close cycles leave memory flat
 #   - without pywasm3 the engine is still listed, and asking for it says what to install
 # CLI
 #   - okra serve --engine wasm3 serves and says which engine each service runs on;
 #     okra call reaches it
-#   - okra serve --engine wasm3 of a package with limits.timeout_seconds fails in one
-#     line naming --allow-unenforced-limits; with it, it serves
+#   - okra serve --engine wasm3 --engine-option wasm3.meter=false of a package with
+#     limits.timeout_seconds fails in one line naming --allow-unenforced-limits; a bad
+#     engine option is a one-line error
 #   - --allow-engine without the default engine is a one-line error
 #   - okra plugins shows each engine's capabilities (table and --json)
 import asyncio
@@ -84,6 +88,10 @@ def package(descriptors):
         )
 
     return make
+
+
+#: wasm3 without its fuel checks: an engine that cannot stop a running guest.
+UNMETERED = {"wasm3": {"cache_dir": None, "meter": False}}
 
 
 def config(tmp_path, **overrides) -> RuntimeConfig:
@@ -146,8 +154,10 @@ def test_a_default_engine_outside_the_allowed_ones_is_a_config_error():
 # -- limits an engine cannot enforce -----------------------------------------------------
 
 
-async def test_a_time_limit_on_wasm3_is_refused_naming_the_limit_and_the_ways_out(tmp_path, package):
-    async with Runtime(config(tmp_path)) as runtime:
+async def test_a_time_limit_on_an_engine_without_deadlines_is_refused_naming_the_ways_out(
+    tmp_path, package
+):
+    async with Runtime(config(tmp_path, engines_options=UNMETERED)) as runtime:
         with pytest.raises(DeployError) as info:
             await runtime.deploy(package(engine="wasm3", limits=Limits(timeout_seconds=2)))
         assert runtime.services() == []
@@ -161,13 +171,15 @@ async def test_a_time_limit_on_wasm3_is_refused_naming_the_limit_and_the_ways_ou
 async def test_a_time_limit_from_policy_is_refused_naming_the_rule(tmp_path, package):
     rules = tmp_path / "policy.toml"
     rules.write_text('[[rule]]\nname = "short-calls"\nlimits = { timeout_seconds = 1 }\n')
-    async with Runtime(config(tmp_path, policy=Policy.load(rules))) as runtime:
+    settings = config(tmp_path, policy=Policy.load(rules), engines_options=UNMETERED)
+    async with Runtime(settings) as runtime:
         with pytest.raises(DeployError, match=r"a call time limit \(from operator policy rule 'short-calls'"):
             await runtime.deploy(package(engine="wasm3"))
 
 
 async def test_the_operator_may_accept_unenforced_limits(tmp_path, package, caplog):
-    async with Runtime(config(tmp_path, allow_unenforced_limits=True)) as runtime:
+    settings = config(tmp_path, allow_unenforced_limits=True, engines_options=UNMETERED)
+    async with Runtime(settings) as runtime:
         await runtime.deploy(package(engine="wasm3", limits=Limits(timeout_seconds=2)))
         assert runtime.stats("en.v1.Echo")["engine"] == "wasm3"
     assert "deploying it anyway, as the operator allows" in caplog.text
@@ -183,8 +195,24 @@ async def test_refusal_follows_capabilities_not_engine_names(tmp_path, package):
 # -- wasm3 in the runtime ------------------------------------------------------------------
 
 
-async def test_a_runaway_guest_on_wasm3_times_out_its_caller_and_stops_no_one_else(tmp_path, package):
-    async with Runtime(config(tmp_path, engine="wasm3")) as runtime:
+async def test_metered_wasm3_takes_a_time_limit_and_stops_a_runaway_guest_at_it(tmp_path, package):
+    async with Runtime(config(tmp_path, engine="wasm3", engine_options={"cache_dir": None})) as runtime:
+        await runtime.deploy(package("forever", service="en.v1.Spin", limits=Limits(timeout_seconds=0.5)))
+        started = time.monotonic()
+        with pytest.raises(RpcError) as info:
+            await runtime.invoke("en.v1.Spin", "Echo", blob(b""), timeout=30)
+        assert info.value.code == StatusCode.DEADLINE_EXCEEDED
+        assert "the guest was stopped at the service's time limit of 0.5s" in info.value.message
+        assert time.monotonic() - started < 2.0
+        stats = runtime.stats("en.v1.Spin")
+        assert stats["engine"] == "wasm3"
+
+
+async def test_a_runaway_guest_on_unmetered_wasm3_times_out_its_caller_and_stops_no_one_else(
+    tmp_path, package
+):
+    settings = config(tmp_path, engine="wasm3", engine_options={"cache_dir": None, "meter": False})
+    async with Runtime(settings) as runtime:
         await runtime.deploy(package("forever", service="en.v1.Spin"))
         await runtime.deploy(package())
         started = time.monotonic()
@@ -201,7 +229,7 @@ async def test_a_runaway_guest_on_wasm3_times_out_its_caller_and_stops_no_one_el
 
 
 def test_closing_an_instance_while_its_call_runs_frees_it_when_the_call_returns():
-    engine = get_registry().engine("wasm3", cache_dir=None)
+    engine = get_registry().engine("wasm3", cache_dir=None, meter=False)
     module = engine.compile(wat("spin"))
     instance = module.instantiate(abi.abi_functions(1), lambda fd, data: None, HostContext("t", logging.getLogger("t")))
     outcome = {}
@@ -293,10 +321,17 @@ def test_serve_with_engine_wasm3_serves_and_says_so(tmp_path, descriptors):
 
 def test_serve_refuses_an_unenforceable_limit_in_one_line(tmp_path, descriptors):
     pkg = pkg_file(tmp_path, descriptors, limits=Limits(timeout_seconds=5))
-    result = okra("serve", str(pkg), "--engine", "wasm3", "--grpc-port", "0", "--http-port", "0",
-                  env=cli_env(tmp_path), cwd=tmp_path)
+    result = okra("serve", str(pkg), "--engine", "wasm3", "--engine-option", "wasm3.meter=false",
+                  "--grpc-port", "0", "--http-port", "0", env=cli_env(tmp_path), cwd=tmp_path)
     assert_one_line_error(result, "engine wasm3 cannot enforce")
     assert "--allow-unenforced-limits" in result.stderr
+
+
+def test_a_bad_engine_option_is_a_one_line_error(tmp_path, descriptors):
+    pkg = pkg_file(tmp_path, descriptors)
+    result = okra("serve", str(pkg), "--engine", "wasm3", "--engine-option", "wasm3.meter=maybe",
+                  "--grpc-port", "0", "--http-port", "0", env=cli_env(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, "engine option meter='maybe' must be true or false")
 
 
 def test_allow_engine_without_the_default_is_a_one_line_error(tmp_path, descriptors):
@@ -314,7 +349,7 @@ def test_plugins_shows_what_each_engine_enforces(tmp_path):
         engines.update(plugin.get("engines", {}))
     assert engines["wasmtime"]["capabilities"]["deadline"] is True
     assert engines["wasm3"]["capabilities"] == {
-        "deadline": False, "interrupt": False, "memory_limit": True, "parallel": True,
+        "deadline": True, "interrupt": True, "memory_limit": True, "parallel": True,
         "wasi": "preview1", "component_model": False,
     }
     table = okra("plugins", env=cli_env(tmp_path))
