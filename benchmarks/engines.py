@@ -2,11 +2,14 @@
 
     python benchmarks/engines.py [--rounds N] [--calls K] [--no-go]
 
-One process, both engines created with `cache_dir=None` (wasm3 checks every module it
-compiles, wasmtime compiles without its cache). Every operation is measured in rounds
-that alternate between the engines (the order flips each round, so the machine's drift
-hits both alike); the table gives the median and p90 of all samples per engine and
-the wasm3 / wasmtime ratio of the medians. The collector is off while a round runs.
+One process, the engines created with `cache_dir=None` (wasm3 checks every module it
+compiles, wasmtime compiles without its cache): wasmtime, wasm3 as it runs by default
+(fuel checks written into each module, so that deadlines and interrupts stop a running
+guest) and wasm3 with `meter=false`, to show what the fuel checks cost. Every operation
+is measured in rounds that alternate between the engines (the order flips each round,
+so the machine's drift hits all alike); the table gives the median and p90 of all
+samples per engine, the wasm3 / wasmtime ratio of the medians and the metered /
+unmetered wasm3 ratio. The collector is off while a round runs.
 
 - tiny handler: `Instance.handle` of tests/fixtures/echo.wat with a 100-byte payload,
   each call timed on its own (50 per engine per round).
@@ -51,7 +54,14 @@ from okra_core import abi  # noqa: E402
 from okra_core.hostapi import HostContext, HostFunction  # noqa: E402
 from okra_core.plugins import get_registry  # noqa: E402
 
-ENGINES = ("wasmtime", "wasm3")
+ENGINES = ("wasmtime", "wasm3", "wasm3-unmetered")
+#: label -> (engine, options): wasm3 as it runs by default (fuel checks written into
+#: each module, so deadlines hold) and without them, to show what they cost.
+SPECS = {
+    "wasmtime": ("wasmtime", {}),
+    "wasm3": ("wasm3", {}),
+    "wasm3-unmetered": ("wasm3", {"meter": False}),
+}
 PASSES = 2000
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 16777619
 
@@ -178,7 +188,10 @@ def main() -> None:
     args = parser.parse_args()
 
     registry = get_registry()
-    engines = {name: registry.engine(name, cache_dir=None) for name in ENGINES}
+    engines = {
+        label: registry.engine(SPECS[label][0], cache_dir=None, **SPECS[label][1])
+        for label in ENGINES
+    }
     abi_functions = list(abi.abi_functions(1))
     noop = HostFunction("bench.noop", "noop", ("i32", "i32"), lambda ctx, p, n: 0, blocking=False)
 
@@ -324,7 +337,7 @@ def main() -> None:
     if greeter is not None:
         memory_cases.append(("Go greeter", "go", greeter_request, 100))
     for label, key, request, count in memory_cases:
-        for name in ("wasm3", "wasmtime"):
+        for name in ("wasm3", "wasmtime"):  # metering changes no memory
             gc.collect()
             before = rss_bytes()
             live = [guests[name][key].new_instance() for _ in range(count)]
@@ -345,8 +358,8 @@ def main() -> None:
         f"{args.rounds} rounds alternating engines in {elapsed:.1f} s ({versions}, "
         f"Python {sys.version.split()[0]}); times in us, median (p90)\n"
     )
-    print("| operation | wasmtime | wasm3 | wasm3 / wasmtime |")
-    print("|---|---|---|---|")
+    print("| operation | wasmtime | wasm3 | wasm3 / wasmtime | wasm3, meter=false | metered / unmetered |")
+    print("|---|---|---|---|---|---|")
     medians = {}
     for label, _ in operations:
         cells = []
@@ -355,22 +368,25 @@ def main() -> None:
             medians[(label, name)] = statistics.median(values)
             cells.append(f"{fmt(medians[(label, name)])} ({fmt(percentile90(values))})")
         ratio = medians[(label, "wasm3")] / medians[(label, "wasmtime")]
-        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
+        meter = medians[(label, "wasm3")] / medians[(label, "wasm3-unmetered")]
+        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f}x | {cells[2]} | {meter:.2f}x |")
 
     print("\nonce, outside the rounds:")
-    print("| module | wasmtime compile | wasm3 compile (check) |")
-    print("|---|---|---|")
+    print("| module | wasmtime compile | wasm3 compile (meter, check) | wasm3 compile (check) |")
+    print("|---|---|---|---|")
     modules = [("WAT echo", "echo"), ("compute guest", "compute"), ("host-call guest", "host")]
     if greeter is not None:
         modules.append((f"Go greeter ({len(greeter.wasm) / 1e6:.1f} MB)", "go"))
     for label, key in modules:
         cells = [f"{guests[name][key].compile_seconds * 1000:.1f} ms" for name in ENGINES]
-        print(f"| {label} | {cells[0]} | {cells[1]} |")
+        print(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} |")
     print()
     for label, key, request, count in memory_cases:
         print(
             f"resident memory per live {label} instance ({count} live, one call each): "
-            + ", ".join(f"{name} {memory[(label, name)] / 1024:.0f} KiB" for name in ENGINES)
+            + ", ".join(
+                f"{name} {memory[(label, name)] / 1024:.0f} KiB" for name in ("wasmtime", "wasm3")
+            )
         )
     if greeter is not None:
         print(f"greeter build: {build_seconds:.1f} s")
