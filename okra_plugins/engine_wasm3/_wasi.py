@@ -18,6 +18,7 @@ import os
 import struct
 import time
 
+from okra_core import wasi
 from okra_core.hostapi import HostError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ ENOTSUP = 58
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_IOVEC = struct.Struct("<II")
 _SUBSCRIPTION = struct.Struct("<QB7xIxxxxQQH6x")  # userdata, tag, clock id, timeout, precision, flags
 _SUB_FD = struct.Struct("<QB7xI")  # userdata, tag, fd
 _EVENT = struct.Struct("<QHB5xQH6x")  # userdata, error, type, nbytes, flags
@@ -48,8 +48,8 @@ _CLOCKS = {
 }
 #: The most random bytes one random_get returns (a guest asking for more gets EINVAL).
 MAX_RANDOM = 1 << 20
-#: The most stdout/stderr bytes one fd_write passes on.
-MAX_WRITE = 1 << 20
+#: The most subscriptions one poll_oneoff may pass (a guest waits on a few).
+MAX_SUBSCRIPTIONS = 256
 
 
 class Exit(Exception):
@@ -67,15 +67,14 @@ def _stdio(fd: int) -> bool:
 def fd_write(state, fd, iovs, count, nwritten):
     if fd != 1 and fd != 2:
         return EBADF
+    if count > wasi.MAX_IOVECS:
+        return EINVAL
     memory = state.memory
     try:
-        table = memory.read(iovs, 8 * count)
-        data = b"".join(memory.read(p, n) for p, n in _IOVEC.iter_unpack(table))
+        data = wasi.gather(memory, iovs, count)  # at most MAX_WRITE: a short write
         memory.write(nwritten, _U32.pack(len(data)))
     except HostError:
         return EFAULT
-    if len(data) > MAX_WRITE:
-        data = data[:MAX_WRITE]
     if data:
         try:
             state.stdio(fd, data)
@@ -161,7 +160,7 @@ def random_get(state, buf, length):
 def poll_oneoff(state, subs_ptr, events_ptr, count, nevents_ptr):
     """Clock subscriptions sleep (the earliest one wins); stdio fds are always ready;
     any other fd is an EBADF event."""
-    if count == 0:
+    if count == 0 or count > MAX_SUBSCRIPTIONS:
         return EINVAL
     memory = state.memory
     try:

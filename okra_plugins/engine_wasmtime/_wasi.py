@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import struct
 
+from okra_core import wasi
 from okra_core.hostapi import HostError
 from okra_plugins.engine_wasmtime import _callers, _capi
 from okra_plugins.engine_wasmtime._hostfuncs import failure_trap
@@ -20,9 +21,9 @@ NAMESPACE = "wasi_snapshot_preview1"
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
 ERRNO_FAULT = 21
+ERRNO_INVAL = 28
 ERRNO_IO = 29
 _U32 = 0xFFFFFFFF
-_IOVEC = struct.Struct("<II")
 _SIZE = struct.Struct("<I")
 
 
@@ -41,11 +42,11 @@ def fd_write_callback() -> _capi.HostCallback:
             state = states[context_of(caller)]
             memory, stdio = state.memory, state.stdio
             iovs, count, nwritten = p[2] & _U32, p[4] & _U32, p[6] & _U32
+            if count > wasi.MAX_IOVECS:
+                p[0] = ERRNO_INVAL
+                return 0
             try:
-                table = memory.read(iovs, 8 * count)
-                data = b"".join(
-                    memory.read(ptr, length) for ptr, length in _IOVEC.iter_unpack(table)
-                )
+                data = wasi.gather(memory, iovs, count)  # at most MAX_WRITE: a short write
                 memory.write(nwritten, _SIZE.pack(len(data)))
             except HostError:
                 p[0] = ERRNO_FAULT
