@@ -25,6 +25,14 @@
 #   - closing an instance while its call runs frees it when the call returns, no crash
 #   - instances are freed: thousands of instantiate/close cycles leave memory flat
 #   - without pywasm3 the engine is still listed, and asking for it says what to install
+# wasm3 against hostile modules
+#   - code that does not validate (an opcode that does not exist, which wasm3 would run
+#     and crash on) is a PackageError; imported memory a DeployError saying so
+#   - deep recursion is wasm3's "stack overflow" trap on a default thread, and refused
+#     with a trap naming the stack sizes on a 1 MiB thread: never a native crash
+#   - fd_write with 1,000 iovecs of 1 MiB each copies 1 MiB (a short write), fast, on
+#     both engines; 1,100 iovecs are EINVAL
+#   - poll_oneoff with more than 256 subscriptions (or none) is EINVAL
 # CLI
 #   - okra serve --engine wasm3 serves and says which engine each service runs on;
 #     okra call reaches it
@@ -48,7 +56,7 @@ import wasmtime
 
 from okra_core import abi
 from okra_core.config import RuntimeConfig
-from okra_core.errors import ConfigError, DeployError
+from okra_core.errors import ConfigError, DeployError, PackageError
 from okra_core.hostapi import HostContext
 from okra_core.manifest import Limits, PoolConfig
 from okra_core.package import Package, write_package
@@ -164,7 +172,7 @@ async def test_a_time_limit_on_an_engine_without_deadlines_is_refused_naming_the
     message = str(info.value)
     assert "echo requires a call time limit (limits.timeout_seconds = 2 in its manifest)" in message
     assert "engine wasm3 cannot enforce" in message
-    assert "okra serve --engine wasmtime" in message
+    assert "--engine wasmtime" in message
     assert "--allow-unenforced-limits" in message
 
 
@@ -361,3 +369,123 @@ def test_ctypes_is_what_releases_the_gil():
     from okra_plugins.engine_wasm3 import _capi
 
     assert not isinstance(_capi._lib, ctypes.PyDLL)
+
+
+# -- wasm3 against hostile modules ---------------------------------------------------------
+
+
+def test_wasm3_refuses_code_that_does_not_validate_before_running_it():
+    # wasm3 would run this (an opcode that does not exist) and crash the process.
+    good = bytearray(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "f") (local i32) (local.set 0 (i32.const 1))))'
+    ))
+    bad = bytes(good).replace(b"\x41\x01\x21\x00", b"\x41\x01\xce\x00")
+    assert bad != bytes(good)
+    with pytest.raises(PackageError, match="service.wasm is not a valid WebAssembly module: .*opcode"):
+        get_registry().engine("wasm3", cache_dir=None).compile(bad)
+
+
+def test_wasm3_refuses_imported_memory_saying_so():
+    wasm = wasmtime.wat2wasm('(module (import "env" "memory" (memory 1)))')
+    with pytest.raises(DeployError, match="module imports memory env.memory; OKRA links only functions"):
+        get_registry().engine("wasm3", cache_dir=None).compile(wasm)
+
+
+RECURSE = """
+(module
+  (memory (export "memory") 2)
+  (func (export "okra_abi_version") (result i32) (i32.const 1))
+  (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))
+  (func $f (call $f))
+  (func (export "okra_handle") (param i32 i32) (result i64) (call $f) (i64.const 0)))
+"""
+
+
+def run_in_thread(work, stack_size: int | None = None):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = work()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    previous = threading.stack_size(stack_size) if stack_size else None
+    try:
+        thread = threading.Thread(target=target)
+        thread.start()
+    finally:
+        if stack_size:
+            threading.stack_size(previous)
+    thread.join(timeout=60)
+    return outcome
+
+
+@pytest.mark.parametrize("stack_size", [None, 1 << 20])
+def test_wasm3_deep_recursion_is_a_trap_or_a_refusal_never_a_crash(stack_size):
+    engine = get_registry().engine("wasm3", cache_dir=None)
+    module = engine.compile(wasmtime.wat2wasm(RECURSE))
+    request = abi.encode_request(abi.request_prefix("en.v1.Echo", "Echo"), b"")
+
+    def work():
+        instance = module.instantiate(abi.abi_functions(1), lambda fd, data: None,
+                                      HostContext("t", logging.getLogger("t")))
+        return instance.handle(request)
+
+    outcome = run_in_thread(work, stack_size)
+    error = outcome.get("error")
+    if stack_size is None:  # the default 8 MiB thread: wasm3's own trap
+        assert "stack overflow" in str(error), outcome
+    else:  # 1 MiB: refused before wasm3 could overflow the native stack
+        assert "native stack (1024 KiB) is too small" in str(error), outcome
+        assert "lower the engine option stack_bytes" in str(error)
+
+
+FD_WRITE_FLOOD = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 17)
+  (func (export "okra_abi_version") (result i32) (i32.const 1))
+  (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))
+  ;; The request's last byte says how many iovecs (x 100); each is (0, 1 MiB). Answers
+  ;; an empty response whose status code is the errno and message... kept simple: the
+  ;; errno and nwritten are stored at 16 and 20 for the host to read.
+  (func (export "okra_handle") (param $ptr i32) (param $len i32) (result i64)
+    (local $n i32) (local $i i32)
+    (local.set $n (i32.mul (i32.load8_u (i32.sub (i32.add (local.get $ptr) (local.get $len)) (i32.const 1)))
+                           (i32.const 100)))
+    (block $done (loop $fill
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (i32.store (i32.add (i32.const 65536) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0))
+      (i32.store (i32.add (i32.const 65540) (i32.mul (local.get $i) (i32.const 8))) (i32.const 1048576))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $fill)))
+    (i32.store (i32.const 16) (call $fd_write (i32.const 1) (i32.const 65536) (local.get $n) (i32.const 20)))
+    (i64.const 0)))
+"""
+
+
+@pytest.mark.parametrize("engine_name", ["wasmtime", "wasm3"])
+@pytest.mark.parametrize("hundreds, errno, written", [(10, 0, 1 << 20), (11, 28, 0)])
+def test_fd_write_copies_at_most_a_mebibyte_from_at_most_1024_buffers(engine_name, hundreds, errno, written):
+    engine = get_registry().engine(engine_name, cache_dir=None)
+    module = engine.compile(wasmtime.wat2wasm(FD_WRITE_FLOOD))
+    seen = []
+    ctx = HostContext("t", logging.getLogger("t"))
+    instance = module.instantiate(abi.abi_functions(1), lambda fd, data: seen.append(len(data)), ctx)
+    started = time.monotonic()
+    instance.handle(abi.encode_request(abi.request_prefix("en.v1.Echo", "Echo"), bytes([hundreds])))
+    assert time.monotonic() - started < 2.0  # 1,000 x 1 MiB would be a gigabyte copied
+    result = ctx.memory.read(16, 8)
+    assert int.from_bytes(result[:4], "little") == errno
+    if errno == 0:
+        assert int.from_bytes(result[4:], "little") == written  # a short write
+        assert seen == [written]
+    instance.close()
+
+
+def test_poll_oneoff_refuses_more_subscriptions_than_a_guest_needs():
+    from okra_plugins.engine_wasm3 import _wasi
+
+    assert _wasi.poll_oneoff(None, 0, 0, _wasi.MAX_SUBSCRIPTIONS + 1, 0) == _wasi.EINVAL
+    assert _wasi.poll_oneoff(None, 0, 0, 0, 0) == _wasi.EINVAL

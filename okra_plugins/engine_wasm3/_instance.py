@@ -21,7 +21,7 @@ import time
 
 from okra_core.engine import GuestFault, GuestInterrupted, GuestTimeout, GuestTrap, StdioSink
 from okra_core.hostapi import HostContext, HostFunction, call_host_function
-from okra_plugins.engine_wasm3 import _capi, _meter, _wasi
+from okra_plugins.engine_wasm3 import _capi, _meter, _stack, _wasi
 from okra_plugins.engine_wasm3._memory import Wasm3Memory
 
 _U32 = 0xFFFFFFFF
@@ -31,6 +31,7 @@ _call = _capi.call
 _get_results = _capi.get_results
 _get_memory = _capi.get_memory
 _EMPTY = memoryview(bytearray())
+_stack_size = _stack.current
 
 #: What a host callback returns to make the call fail; why is in the instance state.
 _STOP = ctypes.create_string_buffer(b"[trap] stopped by the host")
@@ -225,10 +226,12 @@ class Wasm3Instance:
         "_env", "_runtime", "_rt", "_state", "_memory", "_module", "_handle_fn",
         "_buffer_fn", "_version_fn", "_argv", "_argptrs", "_ret", "_retptrs", "_size",
         "_base", "_view", "_buf", "_cap", "_status", "_busy", "_free_lock",
-        "_memory_limit", "__weakref__",
+        "_memory_limit", "_native_needed", "__weakref__",
     )
 
-    def __init__(self, env, runtime, state: InstanceState, keep: object, memory_limit):
+    def __init__(
+        self, env, runtime, state: InstanceState, keep: object, memory_limit, stack_bytes: int
+    ):
         self._env = env
         self._runtime = runtime  # c_void_p
         self._rt = runtime.value  # the same address as an int, the key of STATES
@@ -236,6 +239,8 @@ class Wasm3Instance:
         self._memory = state.memory
         self._module = keep  # the module bytes and callbacks wasm3 points into
         self._memory_limit = memory_limit
+        #: Native stack a thread needs to run this instance's calls (`_stack`).
+        self._native_needed = _stack.needed(stack_bytes)
         self._argv = (ctypes.c_uint64 * 2)()
         base = ctypes.addressof(self._argv)
         self._argptrs = (ctypes.c_void_p * 2)(base, base + 8)
@@ -271,6 +276,9 @@ class Wasm3Instance:
             self._reserve(n)
         state = self._state
         state.deadline = deadline
+        size = _stack_size()
+        if size is not None and size < self._native_needed:
+            self._stack_too_small(size)
         buf = self._buf
         self._view[buf : buf + n] = request
         argv = self._argv
@@ -350,6 +358,9 @@ class Wasm3Instance:
 
     def _invoke(self, fn, arg_count: int, what: str) -> int:
         """Call an export with up to one i32 argument (in `_argv[0]`); its i32 result."""
+        size = _stack_size()
+        if size is not None and size < self._native_needed:
+            self._stack_too_small(size)
         self._state.deadline = None
         self._busy = True
         try:
@@ -405,6 +416,15 @@ class Wasm3Instance:
             raise GuestFault(
                 f"cannot call {what}: the instance {status} earlier and must be discarded"
             )
+
+    def _stack_too_small(self, size: int):
+        raise GuestTrap(
+            f"engine wasm3: this thread's native stack ({size // 1024} KiB) is too small "
+            f"for instances with a {(self._native_needed - _stack.MARGIN) // _stack.NATIVE_PER_STACK_BYTE // 1024} "
+            f"KiB value stack (it needs {self._native_needed // 1024} KiB, or deep "
+            "recursion could crash the process): raise the stack size (ulimit -s) or "
+            "lower the engine option stack_bytes"
+        )
 
     def _fault(self, message: str):
         self._status = "faulted"

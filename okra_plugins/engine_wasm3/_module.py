@@ -92,7 +92,10 @@ class Wasm3Module:
             raise DeployError("wasm3 could not allocate a runtime (out of memory?)")
         memory = Wasm3Memory(runtime)
         state = InstanceState(context, memory, stdio)
-        instance = Wasm3Instance(env, runtime, state, (image, linked, self._wasi), memory_limit)
+        instance = Wasm3Instance(
+            env, runtime, state, (image, linked, self._wasi), memory_limit,
+            self._engine.stack_bytes,
+        )
         _instance.STATES[runtime.value] = state
         try:
             self._load(env, runtime, image, linked)
