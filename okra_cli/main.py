@@ -567,8 +567,8 @@ def plugins(as_json: bool):
     console = Console()
     console.print(table)
     table = Table(
-        "engine", "deadlines", "interrupt", "memory limit", "parallel",
-        "WASI", "components", title="Engines (docs/engines.md)",
+        "engine", "deadline", "interrupt", "memory", "parallel", "WASI", "components",
+        title="Engines: what each enforces (docs/engines.md)",
     )
     yes_no = {True: "yes", False: "no"}
     for name, described in engines.items():

@@ -219,8 +219,9 @@ class Runtime:
             log.warning("%s; deploying it anyway, as the operator allows", message)
             return
         raise DeployError(
-            f"{message}: run it on an engine that can (okra serve --engine wasmtime), or "
-            "accept unenforced limits (okra serve --allow-unenforced-limits)"
+            f"{message}: run it on an engine that can (e.g. --engine wasmtime), or accept "
+            "unenforced limits (--allow-unenforced-limits; RuntimeConfig."
+            "allow_unenforced_limits)"
         )
 
     # -- discovery -------------------------------------------------------------------
