@@ -11,7 +11,6 @@ per thread (glibc's pthread_getattr_np), then an attribute read per call.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 
 #: Native stack bytes per byte of wasm3 value stack, at worst (measured ~16-24, rounded up).
@@ -34,16 +33,27 @@ def current() -> int | None:
     return size
 
 
-def _measure() -> int | None:
+def _libc():
+    """The C library's pthread functions, from the process's own symbols (None if they
+    are not glibc's)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        getattr_np = libc.pthread_getattr_np
+        libc = ctypes.CDLL(None)
+        libc.pthread_getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+        libc.pthread_self.restype = ctypes.c_ulong
+        return libc
     except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def _measure() -> int | None:
+    libc = _LIBC
+    if libc is None:
         return None  # not glibc: cannot tell
-    libc.pthread_self.restype = ctypes.c_ulong
-    getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
     attr = ctypes.create_string_buffer(256)  # pthread_attr_t is 56 bytes on x86-64
-    if getattr_np(libc.pthread_self(), attr) != 0:
+    if libc.pthread_getattr_np(libc.pthread_self(), attr) != 0:
         return None
     try:
         address, size = ctypes.c_void_p(), ctypes.c_size_t()
