@@ -17,6 +17,26 @@ from okra_core.hostapi import HostContext, HostFunction
 #: Receives what the guest writes to stdout (fd 1) or stderr (fd 2), in chunks as written.
 StdioSink = Callable[[int, bytes], None]
 
+#: What `PackageError`s about a module's bytes start with, whichever engine finds them.
+NOT_A_MODULE = "service.wasm is not a valid WebAssembly module"
+
+
+def check_core_module(wasm: bytes) -> None:
+    """Refuse bytes that are not a WebAssembly core module, saying what they are, before
+    an engine's own less specific error. For engine plugins' `compile`."""
+    from okra_core.errors import PackageError
+
+    if not wasm.startswith(b"\0asm"):
+        raise PackageError(
+            f"{NOT_A_MODULE}: it does not start with the \\0asm magic bytes (is it a "
+            "WebAssembly binary?)"
+        )
+    if wasm[4:8] == b"\x0d\x00\x01\x00":
+        raise PackageError(
+            "service.wasm is a WebAssembly component, but OKRA runs core modules: "
+            "build a wasm32 core module (e.g. GOOS=wasip1 GOARCH=wasm)"
+        )
+
 
 class GuestTrap(Exception):
     """The guest trapped (unreachable, out-of-bounds access, stack overflow...).

@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import Any
 
-from okra_core.engine import EngineCapabilities
+from okra_core.engine import NOT_A_MODULE, EngineCapabilities, check_core_module
 from okra_core.errors import ConfigError, DeployError, PackageError
 from okra_plugins.engine_wasm3 import _capi, _meter, _wasm
 from okra_plugins.engine_wasm3._instance import signature
@@ -19,8 +19,6 @@ from okra_plugins.engine_wasm3._module import Wasm3Module
 
 log = logging.getLogger(__name__)
 _DEFAULT = object()
-_WASM_MAGIC = b"\0asm"
-_COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 #: Each instance's wasm3 value stack. Deep recursion uses native stack in proportion
 #: (`_stack`): 64 KiB needs 2.5 MiB of native stack, well inside the 8 MiB a thread has by
 #: default on Linux; a call on a thread with less is refused rather than risk a crash.
@@ -150,25 +148,15 @@ class Wasm3Engine:
 
     @staticmethod
     def _read(wasm: bytes) -> _wasm.ModuleInfo:
-        prefix = "service.wasm is not a valid WebAssembly module"
-        if not wasm.startswith(_WASM_MAGIC):
-            raise PackageError(
-                f"{prefix}: it does not start with the \\0asm magic bytes (is it a "
-                "WebAssembly binary?)"
-            )
-        if wasm[4:8] == _COMPONENT_VERSION:
-            raise PackageError(
-                "service.wasm is a WebAssembly component, but OKRA runs core modules: "
-                "build a wasm32 core module (e.g. GOOS=wasip1 GOARCH=wasm)"
-            )
+        check_core_module(wasm)
         try:
             return _wasm.read(wasm)
         except _wasm.Malformed as exc:
-            raise PackageError(f"{prefix}: {exc}") from None
+            raise PackageError(f"{NOT_A_MODULE}: {exc}") from None
 
     @staticmethod
     def _check(wasm: bytes, info: _wasm.ModuleInfo) -> None:
-        prefix = "service.wasm is not a valid WebAssembly module"
+        prefix = NOT_A_MODULE
         # wasm3 compiles functions on first call: compile them all once here, with
         # every import linked to a stub, so that invalid code fails now, not in a call.
         env = _capi.new_environment()

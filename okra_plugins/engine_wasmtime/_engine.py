@@ -14,7 +14,7 @@ from typing import Any
 
 import wasmtime
 
-from okra_core.engine import EngineCapabilities
+from okra_core.engine import NOT_A_MODULE, EngineCapabilities, check_core_module
 from okra_core.errors import ConfigError, PackageError
 from okra_plugins.engine_wasmtime import _pooling
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 OPT_LEVELS = ("none", "speed", "speed_and_size")
 _DEFAULT = object()
-_WASM_MAGIC = b"\0asm"
-_COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 
 
 class WasmtimeEngine:
@@ -189,21 +187,11 @@ class WasmtimeEngine:
         return WasmtimeModule(self, compiled, digest, from_cache=True)
 
     def _compile(self, wasm: bytes) -> wasmtime.Module:
-        prefix = "service.wasm is not a valid WebAssembly module"
-        if not wasm.startswith(_WASM_MAGIC):
-            raise PackageError(
-                f"{prefix}: it does not start with the \\0asm magic bytes (is it a "
-                "WebAssembly binary?)"
-            )
-        if wasm[4:8] == _COMPONENT_VERSION:
-            raise PackageError(
-                "service.wasm is a WebAssembly component, but OKRA runs core modules: "
-                "build a wasm32 core module (e.g. GOOS=wasip1 GOARCH=wasm)"
-            )
+        check_core_module(wasm)
         try:
             return wasmtime.Module(self.wasmtime_engine, wasm)
         except wasmtime.WasmtimeError as exc:
-            raise PackageError(f"{prefix}: {one_line(str(exc))}") from None
+            raise PackageError(f"{NOT_A_MODULE}: {one_line(str(exc))}") from None
 
 
 def create_engine(**options: Any) -> WasmtimeEngine:
