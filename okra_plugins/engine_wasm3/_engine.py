@@ -111,6 +111,11 @@ class Wasm3Engine:
         _validate(wasm)
         _refuse_non_function_imports(info)
         runnable = self._metered(wasm) if self.meter else wasm
+        if runnable is not wasm:
+            try:
+                _validate(runnable)  # the rewrite's own output, against the same rules
+            except PackageError as exc:
+                raise DeployError(f"engine wasm3 could not meter service.wasm: {exc}") from None
         checked = self._checked_marker(digest)
         if checked is None or not checked.exists():
             self._check(runnable, self._read(runnable) if self.meter else info)
@@ -206,27 +211,56 @@ def _validate(wasm: bytes) -> None:
 
     wasm3 checks little: code that does not type-check can crash it or make it read
     and write outside the guest's memory. wasmtime's validator (wasmtime is always
-    installed with OKRA) costs ~40 ms for a 4.8 MB Go guest and runs at every compile,
-    whatever the check cache says."""
+    installed with OKRA), limited to what wasm3 runs, costs ~40 ms for a 4.8 MB Go guest
+    and runs at every compile, whatever the check cache says."""
     import wasmtime
 
     try:
-        wasmtime.Module.validate(_validator(), wasm)
+        wasmtime.Module.validate(_validator(full=True), wasm)
     except wasmtime.WasmtimeError as exc:
         message = " ".join(str(exc).split())
-        raise PackageError(f"service.wasm is not a valid WebAssembly module: {message}") from None
+        raise PackageError(f"{NOT_A_MODULE}: {message}") from None
+    try:
+        wasmtime.Module.validate(_validator(full=False), wasm)
+    except wasmtime.WasmtimeError as exc:
+        message = " ".join(str(exc).split())
+        raise DeployError(
+            f"engine wasm3 cannot run service.wasm: {message} (wasm3 runs WebAssembly 1.0 "
+            "with sign extension, saturating conversions, multi-value and bulk memory; "
+            "not SIMD, threads, tail calls, exceptions or multiple memories): run it on "
+            "wasmtime"
+        ) from None
 
 
-_VALIDATOR = None
+_VALIDATORS: dict[bool, object] = {}
 
 
-def _validator():
-    global _VALIDATOR
-    if _VALIDATOR is None:
+#: Proposals wasm3 does not run: off in the validator, so that a module using one is
+#: refused rather than misread (wasm3 would take a multi-memory load's memory index for
+#: its offset, run a tail call as a call, ...). Reference types stay on: wasmtime needs
+#: them, and wasm3 refuses the instructions it lacks when it compiles.
+_NOT_IN_WASM3 = (
+    "simd", "relaxed_simd", "threads", "memory64", "multi_memory", "tail_call", "gc",
+    "function_references", "exceptions", "wide_arithmetic", "custom_page_sizes",
+    "stack_switching",
+)
+
+
+def _validator(full: bool):
+    """wasmtime's validator with its default features (`full`: is it WebAssembly?), or
+    with only what wasm3 runs (can wasm3 run it?)."""
+    validator = _VALIDATORS.get(full)
+    if validator is None:
         import wasmtime
 
-        _VALIDATOR = wasmtime.Engine()
-    return _VALIDATOR
+        config = wasmtime.Config()
+        if not full:
+            for feature in _NOT_IN_WASM3:
+                setattr(config, f"wasm_{feature}", False)
+            config.wasm_bulk_memory = True
+            config.wasm_multi_value = True
+        validator = _VALIDATORS.setdefault(full, wasmtime.Engine(config))
+    return validator
 
 
 def _refuse_non_function_imports(info: _wasm.ModuleInfo) -> None:

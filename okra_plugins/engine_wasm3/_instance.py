@@ -262,59 +262,73 @@ class Wasm3Instance:
         self._handle_fn = functions["okra_handle"]
         self._buffer_fn = functions["okra_buffer"]
         self._version_fn = functions["okra_abi_version"]
-        init = functions.get("_initialize")
-        if init is not None:
-            self._invoke(init, 0, "_initialize")
-        self._status = "ready"
-        self._reserve(initial_buffer)
+        self._enter("_initialize")
+        try:
+            init = functions.get("_initialize")
+            if init is not None:
+                self._invoke(init, 0, "_initialize")
+            self._status = "ready"
+            self._reserve(initial_buffer, None)
+        finally:
+            self._leave()
 
     # -- the request path -------------------------------------------------------------
+    #
+    # `close` may run on another thread while a call runs (the GIL is released inside
+    # wasm3). Every use of the runtime lies between `_enter` (busy, then: closed?) and
+    # `_leave` (not busy, then: closed? free), and `close` sets closed, then frees only
+    # if not busy. Of two threads each writing its flag and then reading the other's,
+    # one sees the other's write, so the runtime is never freed while in use, and is
+    # freed once.
 
     def handle(self, request: bytes, deadline: float | None = None) -> bytes:
-        n = len(request)
-        if n > self._cap:  # also every call once unusable
-            self._reserve(n)
-        state = self._state
-        state.deadline = deadline
-        size = _stack_size()
-        if size is not None and size < self._native_needed:
-            self._stack_too_small(size)
-        buf = self._buf
-        self._view[buf : buf + n] = request
-        argv = self._argv
-        argv[0] = buf
-        argv[1] = n
-        self._busy = True
+        self._enter("okra_handle")
         try:
+            n = len(request)
+            if n > self._cap:  # also every call once unusable
+                self._reserve(n, deadline)
+            state = self._state
+            state.deadline = deadline
+            size = _stack_size()
+            if size is not None and size < self._native_needed:
+                self._stack_too_small(size)
+            buf = self._buf
+            self._view[buf : buf + n] = request
+            argv = self._argv
+            argv[0] = buf
+            argv[1] = n
             err = _call(self._handle_fn, 2, self._argptrs)
             if not err:
                 err = _get_results(self._handle_fn, 1, self._retptrs)
+            if self._status == "closed":
+                raise GuestFault("okra_handle: the instance was closed while the call ran")
+            if err:
+                self._raise_failure("okra_handle", err, deadline)
+            result = self._ret.value
+            base = _get_memory(self._runtime, ctypes.byref(self._size), 0)
+            size = self._size.value
+            if base != self._base or size != len(self._view):
+                self._remap(base, size)
+            ptr = result >> 32
+            end = ptr + (result & _U32)
+            if end > size:
+                self._status = "faulted"
+                self._cap = -1
+                raise GuestFault(
+                    f"okra_handle returned a response at {ptr}..{end}, outside the guest's "
+                    f"{size}-byte memory"
+                )
+            return self._view[ptr:end].tobytes()
         finally:
-            self._busy = False
-        if self._status == "closed":
-            self._release()
-            raise GuestFault("okra_handle: the instance was closed while the call ran")
-        if err:
-            self._raise_failure("okra_handle", err, deadline)
-        result = self._ret.value
-        base = _get_memory(self._runtime, ctypes.byref(self._size), 0)
-        size = self._size.value
-        if base != self._base or size != len(self._view):
-            self._remap(base, size)
-        ptr = result >> 32
-        end = ptr + (result & _U32)
-        if end > size:
-            self._status = "faulted"
-            self._cap = -1
-            raise GuestFault(
-                f"okra_handle returned a response at {ptr}..{end}, outside the guest's "
-                f"{size}-byte memory"
-            )
-        return self._view[ptr:end].tobytes()
+            self._leave()
 
     def abi_version(self) -> int:
-        self._check_usable("okra_abi_version")
-        value = self._invoke(self._version_fn, 0, "okra_abi_version") & _U32
+        self._enter("okra_abi_version")
+        try:
+            self._check_usable("okra_abi_version")
+            value = self._invoke(self._version_fn, 0, "okra_abi_version") & _U32
+        finally:
+            self._leave()
         return value - (1 << 32) if value >= 1 << 31 else value
 
     def interrupt(self) -> None:
@@ -329,10 +343,9 @@ class Wasm3Instance:
             return
         self._status = "closed"
         self._cap = -1
-        self._view = _EMPTY
         if not self._busy:
             self._release()
-        # else: the call still running frees the instance when it returns
+        # else: the call still running frees the instance when it leaves
 
     def __del__(self):
         try:
@@ -340,12 +353,24 @@ class Wasm3Instance:
         except Exception:
             pass
 
+    def _enter(self, what: str) -> None:
+        self._busy = True
+        if self._status == "closed":
+            self._leave()
+            raise GuestFault(f"cannot call {what}: the instance is closed")
+
+    def _leave(self) -> None:
+        self._busy = False
+        if self._status == "closed":
+            self._release()
+
     def _release(self) -> None:
         with self._free_lock:
             runtime = self._runtime
             if runtime is None:
                 return
             self._runtime = None
+            self._view = _EMPTY
             self._memory.unbind()
             if STATES.get(self._rt) is self._state:
                 del STATES[self._rt]
@@ -354,32 +379,27 @@ class Wasm3Instance:
             self._env = None
             self._module = None
 
-    # -- slow paths ---------------------------------------------------------------------
+    # -- slow paths (between _enter and _leave) -----------------------------------------
 
-    def _invoke(self, fn, arg_count: int, what: str) -> int:
+    def _invoke(self, fn, arg_count: int, what: str, deadline: float | None = None) -> int:
         """Call an export with up to one i32 argument (in `_argv[0]`); its i32 result."""
         size = _stack_size()
         if size is not None and size < self._native_needed:
             self._stack_too_small(size)
-        self._state.deadline = None
-        self._busy = True
-        try:
-            err = _call(fn, arg_count, self._argptrs)
-            if not err and _capi.get_ret_count(fn):
-                err = _get_results(fn, 1, self._retptrs)
-        finally:
-            self._busy = False
+        self._state.deadline = deadline
+        err = _call(fn, arg_count, self._argptrs)
+        if not err and _capi.get_ret_count(fn):
+            err = _get_results(fn, 1, self._retptrs)
         if self._status == "closed":
-            self._release()
             raise GuestFault(f"{what}: the instance was closed while the call ran")
         if err:
-            self._raise_failure(what, err, None)
+            self._raise_failure(what, err, deadline)
         return self._ret.value
 
-    def _reserve(self, size: int) -> None:
+    def _reserve(self, size: int, deadline: float | None) -> None:
         self._check_usable("okra_handle")
         self._argv[0] = size
-        ptr = self._invoke(self._buffer_fn, 1, "okra_buffer") & _U32
+        ptr = self._invoke(self._buffer_fn, 1, "okra_buffer", deadline) & _U32
         base = _get_memory(self._runtime, ctypes.byref(self._size), 0)
         self._remap(base, self._size.value)
         if ptr == 0:
