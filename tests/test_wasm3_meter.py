@@ -10,6 +10,10 @@
 # - the wasm3 engine reports the imports of the module as built, without refuel
 # - refuel runs once per FUEL checks: a loop of N iterations calls it about N / FUEL
 #   times; a recursion with no loop is metered at each call
+# - what one-by-one checks would miss is charged too: a deadline stops a loop whose
+#   body is a long loop-free function (a check every STRAIGHT instructions) or a 16 MiB
+#   memory.fill / memory.copy (bulk operations take fuel by length) within a second,
+#   and bulk operations compute the same after the rewrite
 # - a module with no type, import or global section gets them; one with no code is
 #   left as it is; the debug name section is dropped
 # - an instruction the rewrite does not know (SIMD) is Unsupported; the engine refuses
@@ -142,3 +146,59 @@ def test_an_instruction_the_rewrite_does_not_know_is_refused():
         _meter.instrument(simd)
     with pytest.raises(DeployError, match="engine wasm3 cannot run service.wasm: SIMD support is not enabled"):
         get_registry().engine("wasm3", cache_dir=None).compile(simd)
+
+
+def spinning_guest(body: str, memory_pages: int = 1) -> bytes:
+    """An ABI guest whose okra_handle runs `body` in an endless loop."""
+    return bytes(wasmtime.wat2wasm(f"""
+(module
+  (memory (export "memory") {memory_pages})
+  (func (export "okra_abi_version") (result i32) (i32.const 1))
+  (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))
+  {body}
+  (func (export "okra_handle") (param i32 i32) (result i64) (loop $l (call $work) (br $l)) (i64.const 0)))
+"""))
+
+
+LONG_STRAIGHT = "(func $work " + "(drop (i32.const 1)) " * 20_000 + ")"
+BULK = {
+    "fill": "(func $work (memory.fill (i32.const 0) (i32.const 7) (i32.const 16777216)))",
+    "copy": "(func $work (memory.copy (i32.const 0) (i32.const 8388608) (i32.const 8388608)))",
+}
+
+
+@pytest.mark.parametrize("body", [LONG_STRAIGHT, BULK["fill"], BULK["copy"]], ids=["straight", "fill", "copy"])
+def test_a_deadline_stops_work_that_checks_one_by_one_would_miss(body):
+    # Each iteration is a long loop-free function or a 16 MiB bulk operation: counted one
+    # fuel per loop iteration, 10,000 iterations would run for many seconds.
+    import logging
+    import time
+
+    from okra_core import abi
+    from okra_core.engine import GuestTimeout
+    from okra_core.hostapi import HostContext
+
+    engine = get_registry().engine("wasm3", cache_dir=None)
+    module = engine.compile(spinning_guest(body, memory_pages=256))
+    instance = module.instantiate(abi.abi_functions(1), lambda fd, data: None, HostContext("t", logging.getLogger("t")))
+    started = time.monotonic()
+    with pytest.raises(GuestTimeout):
+        instance.handle(abi.encode_request(abi.request_prefix("a.B", "M"), b""), deadline=started + 0.2)
+    assert time.monotonic() - started < 1.5
+    instance.close()
+
+
+def test_bulk_operations_compute_the_same_after_the_rewrite():
+    wasm = bytes(wasmtime.wat2wasm("""
+(module
+  (memory (export "memory") 1)
+  (func (export "f") (param $n i32) (result i32) (local $x i32)
+    (memory.fill (i32.const 0) (i32.const 9) (local.get $n))
+    (memory.copy (i32.const 100) (i32.const 0) (local.get $n))
+    (local.set $x (i32.load8_u (i32.const 100)))
+    (i32.add (local.get $x) (i32.load8_u (i32.sub (i32.add (i32.const 100) (local.get $n)) (i32.const 1))))))
+"""))
+    plain = run_on_wasmtime(wasm, [])
+    metered = run_on_wasmtime(_meter.instrument(wasm), [])
+    for n in (1, 50, 4096, 30000):
+        assert metered("f", n) == plain("f", n) == 18

@@ -2,11 +2,13 @@
 
 wasm3 has no way to interrupt wasm from outside (wasmtime has epoch checks), so the
 engine adds one to the module itself: a mutable i32 global holding the fuel, taken by
-one at the start of every function and of every loop iteration, and, when it runs out,
-a call to an imported host function that looks at the call's deadline and at
-`Instance.interrupt` and either refuels or stops the call. Every path that runs long
-goes through a loop header or a function entry, so a guest is stopped within `FUEL`
-checks of its deadline (well under a millisecond of interpretation), whatever it does.
+one at the start of every function, of every loop iteration and every `STRAIGHT`
+instructions of loop-free code, and by the length (one per 4 KiB) before every bulk
+memory or table operation; when it runs out, a call to an imported host function looks
+at the call's deadline and at `Instance.interrupt` and either refuels or stops the
+call. So whatever a guest does, at most `FUEL` x `STRAIGHT` instructions, or `FUEL` x
+4 KiB of bulk work, run between two looks (measured: stopped within a few ms of its
+deadline).
 
 The rewrite:
 
@@ -16,11 +18,21 @@ The rewrite:
   `ref.func`, exports, the start function, element segments and constant expressions
   are renumbered; the custom "name" section (debug names by index) is dropped;
 * a new mutable global at the end of the global section (no index moves);
-* at each function entry and each `loop` header::
+* at each function entry, each `loop` header and every `STRAIGHT` instructions::
 
       global.get $fuel  i32.eqz
       if  call $refuel  global.set $fuel  end
       global.get $fuel  i32.const 1  i32.sub  global.set $fuel
+
+* before each bulk operation (its length on top of the stack), in a function given one
+  more i32 local to hold it::
+
+      local.tee $n  global.get $fuel  local.get $n  i32.const 12  i32.shr_u  i32.sub
+      global.set $fuel  global.get $fuel  i32.const 1  i32.lt_s
+      if  call $refuel  global.set $fuel  end
+
+  (refuelling at once keeps the fuel from going below zero, which the checks above,
+  comparing with zero, rely on);
 
 Instructions are decoded, not pattern-matched: a module using an instruction this
 decoder does not know (SIMD, exceptions, which wasm3 does not run either) raises
@@ -35,6 +47,13 @@ NAMESPACE = "okra_meter"
 REFUEL = "refuel"
 #: Checks between two calls of the refuel function.
 FUEL = 10_000
+#: The most instructions between two checks in code without loops (a long function).
+STRAIGHT = 256
+#: Bulk memory and table operations take one fuel per this many bytes (or elements).
+BULK_SHIFT = 12  # 4 KiB
+#: 0xFC operations whose work grows with their length operand (on top of the stack):
+#: memory.init, memory.copy, memory.fill, table.init, table.copy, table.grow, table.fill.
+_BULK = frozenset([8, 10, 11, 12, 14, 15, 17])
 
 _TYPE, _IMPORT, _FUNCTION, _GLOBAL, _EXPORT, _START, _ELEMENT, _CODE, _DATACOUNT = (
     1, 2, 3, 6, 7, 8, 9, 10, 12,
@@ -100,31 +119,56 @@ class _Rewriter:
         self.data = data
         self.imported = imported_funcs
         self.refuel = refuel
-        g = _leb(fuel_global)
+        g = self.fuel_global = _leb(fuel_global)
         self.check = bytes(
             b"\x23" + g + b"\x45" + b"\x04\x40" + b"\x10" + _leb(refuel) + b"\x24" + g + b"\x0b"
             + b"\x23" + g + b"\x41\x01" + b"\x6b" + b"\x24" + g
         )
 
+    def bulk_charge(self, scratch: int) -> bytes:
+        """Take length >> BULK_SHIFT fuel, the length being on top of the stack (kept
+        there), and refuel at once if that leaves none: so fuel is never left below 0,
+        which the one-by-one checks (fuel == 0) rely on."""
+        s, g = _leb(scratch), self.fuel_global
+        return bytes(
+            b"\x22" + s  # local.tee $scratch
+            + b"\x23" + g + b"\x20" + s + b"\x41" + _signed_leb(BULK_SHIFT) + b"\x76"
+            + b"\x6b" + b"\x24" + g  # fuel -= scratch >> BULK_SHIFT
+            + b"\x23" + g + b"\x41\x01" + b"\x48"  # fuel < 1 (signed)
+            + b"\x04\x40" + b"\x10" + _leb(self.refuel) + b"\x24" + g + b"\x0b"
+        )
+
     def func(self, index: int) -> int:
         return index + 1 if index >= self.imported else index
 
-    def instructions(self, pos: int, end: int, out: bytearray, *, meter: bool) -> int:
+    def instructions(
+        self, pos: int, end: int, out: bytearray, *, meter: bool, scratch: int | None = None
+    ) -> tuple[int, bool]:
         """Copy instructions from `pos` up to the `end` that closes the sequence (a body
-        or a constant expression); returns the position after it."""
+        or a constant expression); returns the position after it, and whether the
+        `scratch` local was used (a bulk operation was charged)."""
         data = self.data
         depth = 0
         copied = pos  # data[copied:pos] is still to be copied verbatim
+        since_check = 0
+        used_scratch = False
         while True:
             if pos >= end:
                 raise Unsupported("instructions run past their end")
+            if meter:
+                since_check += 1
+                if since_check > STRAIGHT:  # a check before this instruction
+                    out += data[copied:pos]
+                    out += self.check
+                    copied = pos
+                    since_check = 0
             op = data[pos]
             pos += 1
             if op in _NO_IMMEDIATE:
                 if op == 0x0B:
                     if depth == 0:
                         out += data[copied:pos]
-                        return pos
+                        return pos, used_scratch
                     depth -= 1
                 continue
             if op in _ONE_U32:
@@ -139,6 +183,7 @@ class _Rewriter:
                     out += data[copied:pos]
                     out += self.check
                     copied = pos
+                    since_check = 0
             elif op in _FUNC_REF:
                 out += data[copied : pos]
                 index, pos = _u32(data, pos, end)
@@ -168,6 +213,11 @@ class _Rewriter:
             elif op == 0xD0:  # ref.null t
                 pos += 1
             elif op == 0xFC:
+                if meter and scratch is not None and data[pos] in _BULK:
+                    out += data[copied : pos - 1]
+                    out += self.bulk_charge(scratch)
+                    copied = pos - 1
+                    used_scratch = True
                 sub, pos = _u32(data, pos, end)
                 if sub not in _FC:
                     raise Unsupported(f"instruction 0xfc {sub}")
@@ -187,10 +237,27 @@ def instrument(data: bytes) -> bytes:
 
     # What the rewrite needs to know first: types, imported functions and globals.
     type_count = imported_funcs = globals_count = 0
+    type_params: list[int] = []
+    params: list[int] = []  # of each defined function
     for section, start, end in sections:
         r = _wasm._Reader(data, start, end)
         if section == _TYPE:
             type_count = r.u32()
+            for _ in range(type_count):
+                if r.byte() != 0x60:
+                    raise Unsupported("a type that is not a function type")
+                n = r.u32()
+                for _ in range(n):
+                    r.valtype()
+                type_params.append(n)
+                for _ in range(r.u32()):
+                    r.valtype()
+        elif section == _FUNCTION:
+            for _ in range(r.u32()):
+                index = r.u32()
+                if index >= len(type_params):
+                    raise Unsupported(f"type index {index} does not exist")
+                params.append(type_params[index])
         elif section == _IMPORT:
             for _ in range(r.u32()):
                 r.name()
@@ -233,7 +300,7 @@ def instrument(data: bytes) -> bytes:
         elif section == _ELEMENT:
             new[section] = _element_section(data, start, end, rewriter)
         elif section == _CODE:
-            new[section] = _code_section(data, start, end, rewriter)
+            new[section] = _code_section(data, start, end, rewriter, params)
     if _TYPE not in present:
         new[_TYPE] = _leb(1) + b"\x60\x00\x01\x7f"
     if _IMPORT not in present:
@@ -299,7 +366,7 @@ def _global_section(data, start, end, rewriter: _Rewriter) -> bytes:
     out = bytearray(_leb(count + 1))
     for _ in range(count):
         out += data[pos : pos + 2]  # valtype, mutability
-        pos = rewriter.instructions(pos + 2, end, out, meter=False)
+        pos, _ = rewriter.instructions(pos + 2, end, out, meter=False)
     if pos != end:
         raise Unsupported("global section has trailing bytes")
     return bytes(out + _fuel_global())
@@ -331,7 +398,7 @@ def _element_section(data, start, end, rewriter: _Rewriter) -> bytes:
             table, pos = _u32(data, pos, end)
             out += _leb(table)
         if not flags & 0x01:  # active: an offset expression
-            pos = rewriter.instructions(pos, end, out, meter=False)
+            pos, _ = rewriter.instructions(pos, end, out, meter=False)
         if flags & 0x03:  # elemkind or reftype byte
             out += data[pos : pos + 1]
             pos += 1
@@ -339,29 +406,49 @@ def _element_section(data, start, end, rewriter: _Rewriter) -> bytes:
         out += _leb(n)
         for _ in range(n):
             if flags & 0x04:  # expressions
-                pos = rewriter.instructions(pos, end, out, meter=False)
+                pos, _ = rewriter.instructions(pos, end, out, meter=False)
             else:
                 index, pos = _u32(data, pos, end)
                 out += _leb(rewriter.func(index))
     return bytes(out)
 
 
-def _code_section(data, start, end, rewriter: _Rewriter) -> bytes:
+def _code_section(data, start, end, rewriter: _Rewriter, params: list[int]) -> bytes:
+    """`params[i]`: the parameter count of the module's i-th defined function."""
     count, pos = _u32(data, start, end)
+    if count != len(params):
+        raise Unsupported("the code and function sections disagree")
     out = bytearray(_leb(count))
-    for _ in range(count):
+    for index in range(count):
         size, pos = _u32(data, pos, end)
         body_end = pos + size
-        body = bytearray()
         groups, p = _u32(data, pos, body_end)
+        locals_count = 0
         for _ in range(groups):
-            p = _skip_leb(data, p, body_end)
+            n, p = _u32(data, p, body_end)
+            locals_count += n
             p += 1
-        body += data[pos:p]
-        body += rewriter.check  # function entry
-        p = rewriter.instructions(p, body_end, body, meter=True)
+        code = bytearray(rewriter.check)  # function entry
+        # A bulk operation's charge keeps its length in a local added after the others.
+        scratch = params[index] + locals_count
+        p, used = rewriter.instructions(p, body_end, code, meter=True, scratch=scratch)
         if p != body_end:
             raise Unsupported("a function body has bytes after its end")
+        locals_end = _locals_end(data, pos, body_end)
+        if used:  # one more group: a single i32
+            header = _leb(groups + 1) + data[_skip_leb(data, pos, body_end) : locals_end] + b"\x01\x7f"
+        else:
+            header = data[pos:locals_end]
+        body = header + code
         out += _leb(len(body)) + body
         pos = body_end
     return bytes(out)
+
+
+def _locals_end(data: bytes, pos: int, end: int) -> int:
+    """Where a body's locals declarations end."""
+    groups, p = _u32(data, pos, end)
+    for _ in range(groups):
+        p = _skip_leb(data, p, end)
+        p += 1
+    return p
