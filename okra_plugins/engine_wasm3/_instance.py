@@ -32,6 +32,7 @@ _get_results = _capi.get_results
 _get_memory = _capi.get_memory
 _EMPTY = memoryview(bytearray())
 _stack_size = _stack.current
+_thread_stack = _stack._thread  # where current() keeps each thread's size
 
 #: What a host callback returns to make the call fail; why is in the instance state.
 _STOP = ctypes.create_string_buffer(b"[trap] stopped by the host")
@@ -282,16 +283,22 @@ class Wasm3Instance:
     # freed once.
 
     def handle(self, request: bytes, deadline: float | None = None) -> bytes:
-        self._enter("okra_handle")
+        # _enter and the stack check, inline: this is the hot path.
+        self._busy = True
+        if self._status == "closed":
+            self._leave()
+            raise GuestFault("cannot call okra_handle: the instance is closed")
         try:
             n = len(request)
             if n > self._cap:  # also every call once unusable
                 self._reserve(n, deadline)
             state = self._state
             state.deadline = deadline
-            size = _stack_size()
-            if size is not None and size < self._native_needed:
-                self._stack_too_small(size)
+            size = getattr(_thread_stack, "size", 0)
+            if size == 0 or (size is not None and size < self._native_needed):
+                size = _stack_size()
+                if size is not None and size < self._native_needed:
+                    self._stack_too_small(size)
             buf = self._buf
             self._view[buf : buf + n] = request
             argv = self._argv
@@ -320,7 +327,9 @@ class Wasm3Instance:
                 )
             return self._view[ptr:end].tobytes()
         finally:
-            self._leave()
+            self._busy = False  # _leave, inline
+            if self._status == "closed":
+                self._release()
 
     def abi_version(self) -> int:
         self._enter("okra_abi_version")
