@@ -98,11 +98,18 @@ class InstanceLimits:
     #: fails inside the guest (returns -1; the host is unaffected); a module whose
     #: initial memory is larger cannot be instantiated.
     memory_bytes: int | None = None
+    #: How long the module's start function and `_initialize` may run, in seconds: an
+    #: engine with the `deadline` capability stops them then (GuestTimeout), so a guest
+    #: that never finishes starting cannot hang a deploy.
+    start_seconds: float | None = None
 
     def __post_init__(self) -> None:
         memory = self.memory_bytes
         if memory is not None and (type(memory) is not int or memory < 0):
             raise ValueError(f"memory_bytes must be a number of bytes >= 0, not {memory!r}")
+        start = self.start_seconds
+        if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0):
+            raise ValueError(f"start_seconds must be a number of seconds > 0, not {start!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -610,7 +610,9 @@ class Runtime:
         configs = grants.settings
         limits = manifest.limits
         instance_limits = InstanceLimits(
-            memory_bytes=_capped(limits.memory_bytes, config.max_memory_bytes)
+            memory_bytes=_capped(limits.memory_bytes, config.max_memory_bytes),
+            # starting an instance may take as long as a call
+            start_seconds=_capped(limits.timeout_seconds, config.max_call_seconds),
         )
 
         def create() -> Guest:

@@ -33,6 +33,10 @@
 #   - fd_write with 1,000 iovecs of 1 MiB each copies 1 MiB (a short write), fast, on
 #     both engines; 1,100 iovecs are EINVAL
 #   - poll_oneoff with more than 256 subscriptions (or none) is EINVAL
+# Starting
+#   - on both engines, a package whose _initialize never returns fails its deploy at its
+#     time limit (InstanceLimits.start_seconds from limits.timeout_seconds) instead of
+#     hanging it
 # CLI
 #   - okra serve --engine wasm3 serves and says which engine each service runs on;
 #     okra call reaches it
@@ -489,3 +493,27 @@ def test_poll_oneoff_refuses_more_subscriptions_than_a_guest_needs():
 
     assert _wasi.poll_oneoff(None, 0, 0, _wasi.MAX_SUBSCRIPTIONS + 1, 0) == _wasi.EINVAL
     assert _wasi.poll_oneoff(None, 0, 0, 0, 0) == _wasi.EINVAL
+
+
+@pytest.mark.parametrize("engine_name", ["wasmtime", "wasm3"])
+async def test_a_guest_that_never_finishes_starting_fails_its_deploy_at_its_time_limit(
+    tmp_path, descriptors, engine_name
+):
+    init_forever = (
+        '(module (memory (export "memory") 1)'
+        ' (func (export "okra_abi_version") (result i32) (i32.const 1))'
+        ' (func (export "okra_buffer") (param i32) (result i32) (i32.const 1024))'
+        ' (func (export "okra_handle") (param i32 i32) (result i64) (i64.const 0))'
+        ' (func (export "_initialize") (loop $forever (br $forever))))'
+    )
+    package = Package.from_parts(
+        manifest=make_manifest(name="stuck", services=("en.v1.Echo",), host_apis={},
+                               limits=Limits(timeout_seconds=0.5)),
+        wasm=wasmtime.wat2wasm(init_forever), descriptor_set=descriptors,
+    )
+    async with Runtime(config(tmp_path, engine=engine_name, engine_options={"cache_dir": None})) as runtime:
+        started = time.monotonic()
+        with pytest.raises(DeployError, match="deadline exceeded"):
+            await runtime.deploy(package)
+        assert time.monotonic() - started < 5
+        assert runtime.services() == []

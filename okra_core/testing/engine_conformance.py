@@ -45,7 +45,7 @@ any answer they allow:
   return what they document.
 
 Capabilities gate what an engine may not have (`Engine.capabilities()`): a call's
-deadline stopping a spinning guest (`deadline`), `interrupt()` stopping a running call
+deadline and `InstanceLimits.start_seconds` stopping a spinning guest (`deadline`), `interrupt()` stopping a running call
 (`interrupt`), `InstanceLimits.memory_bytes` (`memory_limit`). Without one, its tests
 are skipped saying which capability is missing; an engine that claims one is held to
 it. The runtime refuses to deploy a service that needs a capability its engine lacks.
@@ -621,6 +621,14 @@ class EngineConformance:
         assert ended - began >= 0.15, "stopped well before its deadline"
         assert ended - deadline < STOP_WITHIN, "stopped long after its deadline"
         self.assert_refuses_calls(instance)
+
+    @pytest.mark.parametrize("guest", ["start_forever", "init_forever"])
+    def test_start_seconds_stop_a_guest_that_never_finishes_starting(self, engine, start, guest):
+        capability_skip(engine, "deadline")
+        began = time.monotonic()
+        with pytest.raises(GuestTimeout):
+            start(guest, limits=InstanceLimits(start_seconds=0.3))
+        assert time.monotonic() - began - 0.3 < STOP_WITHIN, "stopped long after its limit"
 
     def test_trap_under_a_deadline_is_a_plain_trap(self, start):
         instance = start("traps")

@@ -220,6 +220,25 @@ def _failure(runtime: int, what: str, exc: BaseException) -> int:
     return STOP
 
 
+def stopped_error(what: str, state: InstanceState) -> GuestTrap:
+    """The error for a call a host callback stopped (it returned STOP), from `state`."""
+    stopped, why = state.stopped, state.why
+    state.stopped = state.why = None
+    return _stopped_error(what, stopped, why)
+
+
+def _stopped_error(what: str, stopped: str | None, why: object) -> GuestTrap:
+    if stopped == TIMED_OUT:
+        return GuestTimeout(f"{what}: deadline exceeded: the guest was stopped")
+    if stopped == INTERRUPTED:
+        return GuestInterrupted(
+            f"{what}: the host interrupted the call (Instance.interrupt) and stopped the guest"
+        )
+    if stopped == EXITED:
+        return GuestTrap(f"{what}: the guest exited with status {why} (proc_exit)")
+    return GuestTrap(f"{what}: {why or 'a host function failed'}")
+
+
 class Wasm3Instance:
     """An `okra_core.engine.Instance` on wasm3."""
 
@@ -259,7 +278,11 @@ class Wasm3Instance:
 
     # -- set-up -----------------------------------------------------------------------
 
-    def start(self, functions: dict[str, ctypes.c_void_p], initial_buffer: int) -> None:
+    def start(
+        self, functions: dict[str, ctypes.c_void_p], initial_buffer: int,
+        deadline: float | None = None,
+    ) -> None:
+        """Run `_initialize` and ask for the first request buffer, both by `deadline`."""
         self._handle_fn = functions["okra_handle"]
         self._buffer_fn = functions["okra_buffer"]
         self._version_fn = functions["okra_abi_version"]
@@ -267,9 +290,9 @@ class Wasm3Instance:
         try:
             init = functions.get("_initialize")
             if init is not None:
-                self._invoke(init, 0, "_initialize")
+                self._invoke(init, 0, "_initialize", deadline)
             self._status = "ready"
-            self._reserve(initial_buffer, None)
+            self._reserve(initial_buffer, deadline)
         finally:
             self._leave()
 
@@ -467,16 +490,7 @@ class Wasm3Instance:
         stopped, why = state.stopped, state.why
         state.stopped = state.why = None
         if err == STOP:
-            if stopped == TIMED_OUT:
-                raise GuestTimeout(f"{what}: deadline exceeded: the guest was stopped")
-            if stopped == INTERRUPTED:
-                raise GuestInterrupted(
-                    f"{what}: the host interrupted the call (Instance.interrupt) and "
-                    "stopped the guest"
-                )
-            if stopped == EXITED:
-                raise GuestTrap(f"{what}: the guest exited with status {why} (proc_exit)")
-            raise GuestTrap(f"{what}: {why or 'a host function failed'}")
+            raise _stopped_error(what, stopped, why)
         message = _capi.message(err).removeprefix("[trap] ")
         raise GuestTrap(f"{what}: {message}{self._memory_limit_note()}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Sequence
 
 from okra_core import abi
@@ -97,11 +98,14 @@ class Wasm3Module:
             self._engine.stack_bytes,
         )
         _instance.STATES[runtime.value] = state
+        start_seconds = limits.start_seconds if limits is not None else None
+        deadline = time.monotonic() + start_seconds if start_seconds is not None else None
         try:
-            self._load(env, runtime, image, linked)
+            state.deadline = deadline  # the start function runs under it too
+            self._load(env, runtime, image, linked, state)
             functions = self._functions(runtime)
             context.memory = memory
-            instance.start(functions, abi.INITIAL_BUFFER_SIZE)
+            instance.start(functions, abi.INITIAL_BUFFER_SIZE, deadline)
         except GuestFault as exc:
             instance.close()
             raise AbiError(f"the module breaks guest ABI v1 while starting: {exc}") from None
@@ -112,7 +116,10 @@ class Wasm3Module:
 
     # -- instance set-up ----------------------------------------------------------------
 
-    def _load(self, env, runtime: ctypes.c_void_p, image: _Image, linked: _Linked) -> None:
+    def _load(
+        self, env, runtime: ctypes.c_void_p, image: _Image, linked: _Linked,
+        state: InstanceState,
+    ) -> None:
         module = ctypes.c_void_p()
         err = _capi.parse_module(env, ctypes.byref(module), image.buffer, image.size)
         if err:
@@ -127,6 +134,8 @@ class Wasm3Module:
             self._link_one(module, _wasi.NAMESPACE, name, _wasi.FUNCTIONS[name][0], callback)
         err = _capi.run_start(module)
         if err:
+            if err == _instance.STOP:
+                raise _instance.stopped_error("the start function", state)
             raise GuestTrap(f"instantiation: {_capi.message(err).removeprefix('[trap] ')}")
 
     @staticmethod

@@ -206,19 +206,20 @@ class WasmtimeInstance:
 
     # -- set-up and slow paths --------------------------------------------------------
 
-    def start(self, initial_buffer: int) -> None:
-        """Run `_initialize` if the guest has it, then ask for the first request buffer."""
+    def start(self, initial_buffer: int, deadline: float | None = None) -> None:
+        """Run `_initialize` if the guest has it, then ask for the first request buffer,
+        both stopped at `deadline` (GuestTimeout)."""
         init = self._funcs.get("_initialize")
         if init is not None:
-            self._call(_func_ref(self._funcs, "_initialize"), "_initialize")
+            self._call(_func_ref(self._funcs, "_initialize"), "_initialize", deadline)
         self._state = "ready"
-        self._reserve(initial_buffer)
+        self._reserve(initial_buffer, deadline)
 
-    def _reserve(self, size: int) -> None:
+    def _reserve(self, size: int, deadline: float | None = None) -> None:
         """Make the request buffer hold `size` bytes (one `okra_buffer` call)."""
         self._check_usable("okra_handle")
         self._words[0] = size
-        self._call(self._buffer_fn, "okra_buffer")
+        self._call(self._buffer_fn, "okra_buffer", deadline)
         ptr = self._words[0] & _U32
         self._remap(_memory_data(self._ctx, self._mem), _memory_data_size(self._ctx, self._mem))
         if ptr == 0:
@@ -249,8 +250,13 @@ class WasmtimeInstance:
                 f"cannot call {what}: the instance {state} earlier and must be discarded"
             )
 
-    def _call(self, func: ctypes.c_void_p, what: str) -> None:
+    def _call(self, func: ctypes.c_void_p, what: str, deadline: float | None = None) -> None:
         self._host.deadline = None  # the last request's deadline does not apply here
+        if deadline is not None and self._ticker is not None:
+            now = _monotonic()
+            self._host.deadline = deadline
+            _set_epoch_deadline(self._ctx, self._ticker.ticks_to(now, deadline))
+            self._started = now
         err = _func_call(self._ctx, func, self._args, _SLOTS, self._trap_slot)
         if err is not None or self._trap.value:
             self._raise_failure(what, err)

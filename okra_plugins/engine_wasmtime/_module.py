@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import wasmtime
@@ -11,6 +12,7 @@ from okra_core import abi
 from okra_core.engine import (
     ExportSpec,
     GuestFault,
+    GuestTimeout,
     GuestTrap,
     ImportSpec,
     InstanceLimits,
@@ -131,8 +133,15 @@ class WasmtimeModule:
         guest_memory = WasmtimeMemory()
         state = _callers.InstanceState(context, guest_memory, stdio)
         _callers.register(store_context, state)
+        start_seconds = limits.start_seconds if limits is not None else None
+        deadline = None
+        if start_seconds is not None and ticker is not None:
+            # The start function runs inside instantiate: the same epoch deadline.
+            now = time.monotonic()
+            deadline = state.deadline = now + start_seconds
+            _capi.set_epoch_deadline(store_context, ticker.ticks_to(now, deadline))
         try:
-            return self._start(store, linked, state, memory_limit)
+            return self._start(store, linked, state, memory_limit, deadline)
         except BaseException:
             _callers.unregister(store_context, state)
             store.close()
@@ -144,9 +153,19 @@ class WasmtimeModule:
         linked: LinkedModule,
         state: _callers.InstanceState,
         memory_limit: int | None,
+        deadline: float | None = None,
     ) -> WasmtimeInstance:
         try:
-            raw = linked.pre.instantiate(store)
+            try:
+                raw = linked.pre.instantiate(store)
+            except (wasmtime.Trap, wasmtime.ExitTrap, wasmtime.WasmtimeError):
+                if state.stopped is not None:  # the epoch callback stopped the start
+                    state.stopped = None
+                    raise GuestTimeout(
+                        "instantiation: deadline exceeded: the start function was stopped "
+                        "at its time limit"
+                    ) from None
+                raise
         except wasmtime.Trap as trap:
             raise GuestTrap(f"instantiation: {one_line(trap.message)}") from None
         except wasmtime.ExitTrap as exc:
@@ -184,8 +203,9 @@ class WasmtimeModule:
             store, funcs, memory, state, linked, self._engine.ticker, memory_limit
         )
         state.context.memory = state.memory
+        state.deadline = None
         try:
-            instance.start(abi.INITIAL_BUFFER_SIZE)
+            instance.start(abi.INITIAL_BUFFER_SIZE, deadline)
         except GuestTrap:
             instance.close()
             raise
