@@ -571,9 +571,11 @@ def plugins(as_json: bool):
         title="Engines: what each enforces (docs/engines.md)",
     )
     yes_no = {True: "yes", False: "no"}
+    unavailable = []
     for name, described in engines.items():
         if "unavailable" in described:
-            table.add_row(name, f"unavailable: {described['unavailable']}", "", "", "", "", "")
+            table.add_row(name, "-", "-", "-", "-", "-", "-")
+            unavailable.append(f"{name}: unavailable: {described['unavailable']}")
             continue
         caps = described["capabilities"]
         table.add_row(
@@ -582,6 +584,8 @@ def plugins(as_json: bool):
             yes_no[caps["component_model"]],
         )
     console.print(table)
+    for line in unavailable:  # as text: "okra[wasm3]" is not markup
+        console.print(line, markup=False, highlight=False)
 
 
 def _engine_capabilities(registry) -> dict[str, dict]:

@@ -24,7 +24,8 @@
 #     inline calls)
 #   - closing an instance while its call runs frees it when the call returns, no crash
 #   - instances are freed: thousands of instantiate/close cycles leave memory flat
-#   - without pywasm3 the engine is still listed, and asking for it says what to install
+#   - without pywasm3 the engine is still listed, and asking for it (or okra plugins)
+#     says what to install
 # wasm3 against hostile modules
 #   - code that does not validate (an opcode that does not exist, which wasm3 would run
 #     and crash on) is a PackageError; imported memory a DeployError saying so
@@ -296,6 +297,12 @@ def test_without_pywasm3_the_engine_says_what_to_install(monkeypatch):
     assert "wasm3" in get_registry().names("engines")
     with pytest.raises(ConfigError, match=r"pip install 'okra\[wasm3\]'"):
         get_registry().engine("wasm3")
+    from click.testing import CliRunner
+
+    from okra_cli.main import cli
+
+    listed = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "80"})
+    assert "pip install 'okra[wasm3]'" in " ".join(listed.output.split()), listed.output
 
 
 # -- the CLI -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from okra_core.hookspecs import hookimpl
 def create_engine(**options):
     try:
         from okra_plugins.engine_wasm3._engine import create_engine as create
-    except ImportError as exc:  # _capi.Unavailable says what to install
+    except (ImportError, OSError) as exc:  # _capi.Unavailable says what to install
         raise ConfigError(str(exc)) from None
     return create(**options)
 
