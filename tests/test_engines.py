@@ -290,7 +290,7 @@ def test_without_pywasm3_the_engine_says_what_to_install(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "wasm3" else real(name, *a)
     )
-    package = sys.modules["okra_plugins.engine_wasm3"]
+    import okra_plugins.engine_wasm3 as package
     for module in [m for m in sys.modules if m.startswith("okra_plugins.engine_wasm3.")]:
         monkeypatch.delitem(sys.modules, module)  # imported afresh, finding no pywasm3
         monkeypatch.delattr(package, module.rpartition(".")[2], raising=False)
