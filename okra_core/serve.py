@@ -65,6 +65,7 @@ class Server:
             for listener in self.listeners
         ]
         _check_distinct_names(self.packages)
+        _check_config_targets(self.packages, self.runtime.config.config_overrides)
         await self.runtime.start()
         try:
             for package in self.packages:
@@ -105,6 +106,18 @@ class Server:
 
 #: How much longer than the runtime the transports wait for calls at shutdown.
 _TRANSPORT_MARGIN = 0.5
+
+
+def _check_config_targets(packages, overrides) -> None:
+    """okra.config values set for a package name none of the packages has: a typo that
+    would otherwise leave the value unset without a word."""
+    names = sorted({package.manifest.name for package in packages})
+    for name in overrides:
+        if name and name not in names:
+            raise ConfigError(
+                f"--config sets values for package {name!r}, which is not among the "
+                f"packages served ({', '.join(names) or 'none'})"
+            )
 
 
 def _check_distinct_names(packages: Sequence[Package]) -> None:

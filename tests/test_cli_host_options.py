@@ -8,7 +8,8 @@
 # - --secrets with an unknown provider names the installed ones; dir: without a path
 #   and dir:PATH of a missing directory are usage / deploy errors.
 # - --config without NAME=VALUE is a usage error; --config for a package that does not
-#   ask for okra.config fails its deploy saying what to add.
+#   ask for okra.config fails its deploy saying what to add; --config for a package
+#   name none of the served packages has (a typo) is an error naming the served ones.
 import socket
 
 import wasmtime
@@ -76,3 +77,11 @@ def test_config_values_need_a_name_and_a_package_that_asks_for_config(tmp_path):
     assert_usage_error(result, "'--config'", "write NAME=VALUE or PACKAGE:NAME=VALUE")
     result = serve(tmp_path, pkg, "--config", "greeter:greeting=hi")
     assert_one_line_error(result, 'does not ask for okra.config: add [host_apis."okra.config"]')
+
+
+def test_config_values_for_a_package_not_served_are_an_error(tmp_path):
+    pkg = package(tmp_path, {"okra.config": {"values": {"greeting": "hello"}}})
+    result = serve(tmp_path, pkg, "--config", "greter:greeting=hi")
+    assert_one_line_error(
+        result, "--config sets values for package 'greter', which is not among the packages served (greeter)"
+    )
