@@ -21,7 +21,9 @@
 # - time: a slow server and a server that trickles its body are DEADLINE_EXCEEDED within
 #   the timeout (one deadline for the whole exchange, not per read); the call's deadline
 #   and the request's timeout_ms both bound it; a deadline already passed fails at once.
-# - network: connection refused is UNAVAILABLE; many threads fetch at once.
+# - network: connection refused is UNAVAILABLE; many threads fetch at once; a named host
+#   is resolved and reached with its name in Host; a resolver slower than the call's
+#   deadline is DEADLINE_EXCEEDED at the deadline (the resolution is abandoned).
 # - denials: audited (okra.audit record with url and method, Audit.denials, the
 #   okra_denials_total metric) and PERMISSION_DENIED with the entry to add; an empty
 #   allow-list says so; user info cannot smuggle a host; IPv4 as one number is denied.
@@ -504,6 +506,38 @@ def test_the_calls_deadline_bounds_the_fetch_and_a_passed_one_fails_at_once(allo
 
 
 # -- network ---------------------------------------------------------------------------
+
+
+def named_host(monkeypatch, name: str, delay: float = 0.0) -> None:
+    """Make `name` resolve to 127.0.0.1, after `delay` seconds, as a slow DNS would."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == name:
+            time.sleep(delay)
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_named_host_is_resolved_then_reached_with_its_name(allowed, guest_for, monkeypatch):
+    named_host(monkeypatch, "service.test")
+    origin = allowed.origin.replace("127.0.0.1", "service.test")
+    response = echo(ok(guest_for(origin).fetch(f"{origin}/echo")))
+    assert ["host", origin.removeprefix("http://")] in response["headers"]
+
+
+def test_name_resolution_is_bounded_by_the_calls_deadline(allowed, guest_for, monkeypatch):
+    named_host(monkeypatch, "slow-dns.test", delay=3)
+    origin = allowed.origin.replace("127.0.0.1", "slow-dns.test")
+    guest = guest_for(origin)
+    guest.ctx.deadline = time.monotonic() + 0.3
+    result, elapsed = timed(lambda: guest.fetch(f"{origin}/echo", timeout_ms=10_000))
+    error(result, StatusCode.DEADLINE_EXCEEDED)
+    assert elapsed < 1.5
+
+
 
 
 def test_connection_refused_is_unavailable(guest_for):

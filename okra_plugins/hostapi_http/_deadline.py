@@ -3,14 +3,18 @@ read of the body.
 
 httpx's timeouts bound each network operation, not their sum, so a server that sends a
 byte just before each read timeout could hold a guest's thread for far longer than its
-call deadline. This network backend bounds every blocking socket operation by the
-deadline of the fetch running on the calling thread (`deadline(...)`); past it, the
-operation fails with httpcore's timeout error, which httpx raises as its own.
+call deadline. This network backend bounds every blocking socket operation, and name
+resolution, by the deadline of the fetch running on the calling thread
+(`deadline(...)`); past it, the operation fails with httpcore's timeout error, which
+httpx raises as its own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -69,11 +73,35 @@ class DeadlineStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-class DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's synchronous sockets, each operation bounded by the thread's deadline.
+#: Threads resolving names for fetches; a resolution past its fetch's deadline is
+#: abandoned (the system resolver takes no timeout) and ends on its own.
+_RESOLVERS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="okra-dns")
 
-    (Name resolution inside connect is not: the system resolver takes no timeout.)
-    """
+
+def _resolve(host: str, port: int, timeout: float | None) -> list[str]:
+    """The addresses of `host`, in the resolver's order, within `timeout` seconds."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    lookup = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = lookup.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise httpcore.ConnectTimeout(f"resolving {host} did not finish by the fetch's deadline") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+    addresses: list[str] = []
+    for *_, sockaddr in infos:
+        if sockaddr[0] not in addresses:
+            addresses.append(sockaddr[0])
+    return addresses
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's synchronous sockets, each operation bounded by the thread's deadline,
+    name resolution included (in `_RESOLVERS`, abandoned at the deadline)."""
 
     def __init__(self) -> None:
         self._backend = httpcore.SyncBackend()
@@ -82,10 +110,18 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self, host: str, port: int, timeout: float | None = None,
         local_address: str | None = None, socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(
-            host, port, _clamp(timeout, httpcore.ConnectTimeout), local_address, socket_options
-        )
-        return DeadlineStream(stream)
+        addresses = _resolve(host, port, _clamp(timeout, httpcore.ConnectTimeout))
+        failure: Exception | None = None
+        for address in addresses:  # each in turn, as socket.create_connection does
+            try:
+                stream = self._backend.connect_tcp(
+                    address, port, _clamp(timeout, httpcore.ConnectTimeout), local_address,
+                    socket_options,
+                )
+                return DeadlineStream(stream)
+            except httpcore.ConnectError as exc:
+                failure = exc
+        raise failure or httpcore.ConnectError(f"{host} has no address")
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None,
