@@ -34,7 +34,8 @@ from okra_core.clock import FakeClock
 from okra_core.errors import ConfigError
 from okra_core.plugins import Registry, make_plugin_manager
 from okra_core.state import Entry
-from okra_core.testing.state_conformance import StateStoreConformance, run_together, walk
+from okra_core.testing.state_conformance import StateStoreConformance, walk
+from okra_core.testing.threads import run_together
 from redis_support import REDIS_SERVER, redis_server
 
 STORES = ("memory", "sqlite", "redis")

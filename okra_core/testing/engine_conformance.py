@@ -82,6 +82,7 @@ from okra_core.engine import (
 from okra_core.errors import AbiError, DeployError, PackageError
 from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.status import StatusCode
+from okra_core.testing.threads import run_together
 
 SERVICE = "test.v1.Echo"
 PAGE = 65536
@@ -151,29 +152,6 @@ def call_in_thread(instance: Instance, req: bytes, deadline: float | None = None
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
-
-
-def run_together(targets: list[Callable[[], None]], timeout: float = 120) -> None:
-    """Run each target in a thread of its own, started together; re-raise the first
-    exception any of them raised."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(targets))
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            barrier.wait(timeout)
-            target()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout)
-        assert not thread.is_alive(), "a call did not return"
-    if errors:
-        raise errors[0]
 
 
 # -- host functions the guests import ---------------------------------------------------
@@ -693,7 +671,7 @@ class EngineConformance:
 
             return run
 
-        run_together([worker(i, instance) for i, instance in enumerate(instances)])
+        run_together([worker(i, instance) for i, instance in enumerate(instances)], timeout=120)
 
     def test_parallel_instances_reach_their_own_context(self, start):
         def whoami(ctx, ptr, length, out_ptr, out_cap):
@@ -712,7 +690,7 @@ class EngineConformance:
 
             return run
 
-        run_together([worker(i) for i in range(4)])
+        run_together([worker(i) for i in range(4)], timeout=120)
 
     def test_one_instance_may_move_between_threads(self, start):
         instance = start("echo")

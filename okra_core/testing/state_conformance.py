@@ -43,6 +43,7 @@ import pytest
 
 from okra_core.clock import FakeClock
 from okra_core.state import MAX_LIST_LIMIT, Entry, NotAnInteger, Page, StateStore
+from okra_core.testing.threads import run_together
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -54,29 +55,6 @@ AWKWARD_KEYS = [
     b"a\xff\x00", b"a\xff\xff", b"ab", b"b", b"\x7f", b"\x80", b"\xfe\xff", b"\xff",
     b"\xff\x00", b"\xff\xff", b"\xff\xff\xff",
 ]
-
-
-def run_together(targets: list[Callable[[], None]], timeout: float = 60) -> None:
-    """Run each target in a thread of its own, started together; re-raise the first
-    exception any of them raised."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(targets))
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            barrier.wait(timeout)
-            target()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout)
-        assert not thread.is_alive(), "a store call did not return"
-    if errors:
-        raise errors[0]
 
 
 def walk(store: StateStore, namespace: str, prefix: bytes = b"", limit: int = 100) -> list[list[bytes]]:
