@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import wasmtime  # noqa: E402
 
+from host_calls import guest as host_call_guest  # noqa: E402  (benchmarks/ is on the path)
 from okra_core import abi  # noqa: E402
 from okra_core.hostapi import HostContext, HostFunction  # noqa: E402
 from okra_core.plugins import get_registry  # noqa: E402
@@ -93,22 +94,6 @@ COMPUTE_WAT = f"""(module
     (i32.store (i32.const 18) (local.get $h))
     (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 6))))"""
 
-#: benchmarks/host_calls.py's guest: calls bench.noop K times, K the request's last 4 bytes.
-HOST_CALL_WAT = """(module
-  (import "bench.noop" "noop" (func $f (param i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (func (export "okra_abi_version") (result i32) (i32.const 1))
-  (func (export "okra_buffer") (param i32) (result i32) (i32.const 8192))
-  (func (export "okra_handle") (param $ptr i32) (param $len i32) (result i64)
-    (local $n i32)
-    (local.set $n (i32.load (i32.sub (i32.add (local.get $ptr) (local.get $len)) (i32.const 4))))
-    (block $done
-      (loop $again
-        (br_if $done (i32.eqz (local.get $n)))
-        (if (i32.lt_s (call $f (i32.const 2048) (i32.const 3)) (i32.const 0)) (then (unreachable)))
-        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
-        (br $again)))
-    (i64.const 0)))"""
 
 
 def fnv_passes(data: bytes) -> int:
@@ -197,7 +182,8 @@ def main() -> None:
 
     echo_wasm = wasmtime.wat2wasm((ROOT / "tests" / "fixtures" / "echo.wat").read_text())
     compute_wasm = wasmtime.wat2wasm(COMPUTE_WAT)
-    host_call_wasm = wasmtime.wat2wasm(HOST_CALL_WAT)
+    # benchmarks/host_calls.py's guest: calls bench.noop K times, K the request's last 4 bytes.
+    host_call_wasm = host_call_guest("bench.noop", "noop", "i32 i32", "(i32.const 2048) (i32.const 3)", b"")
 
     greeter, why_no_go = None, "--no-go"
     if not args.no_go:

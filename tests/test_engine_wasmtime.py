@@ -134,6 +134,7 @@ from okra_core.errors import AbiError, CapabilityError, ConfigError, DeployError
 from okra_core.hostapi import GuestMemory, HostContext, HostError, HostFunction
 from okra_core.plugins import Registry
 from okra_core.status import StatusCode
+from okra_core.testing.engine_conformance import REPEAT, repeat  # okra.test.repeat (hostcall.wat)
 from okra_plugins import engine_wasmtime
 from okra_plugins.engine_wasmtime import _cache, _callers, _engine, _epoch
 from okra_plugins.engine_wasmtime._engine import WasmtimeEngine, create_engine
@@ -488,20 +489,6 @@ def test_compiling_the_same_bytes_twice_shares_one_module(engine):
 
 # -- host functions -------------------------------------------------------------------
 
-
-def repeat(ctx: HostContext, ptr: int, length: int, out_ptr: int, out_cap: int) -> int:
-    """okra.test.repeat: the request's input three times, by the pending-result rules."""
-    _, method, payload, _ = abi.decode_request(ctx.memory.read(ptr, length))
-    if method == "Error":
-        raise HostError(StatusCode.NOT_FOUND, "no such thing")
-    if method == "Crash":
-        raise RuntimeError("boom")
-    if method == "Bad":
-        return None  # type: ignore[return-value]
-    return ctx.return_data(payload * 3, out_ptr, out_cap)
-
-
-REPEAT = HostFunction("okra.test", "repeat", ("i32", "i32", "i32", "i32"), repeat)
 
 
 def start_hostcall(engine, context=None):
