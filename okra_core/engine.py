@@ -9,13 +9,45 @@ knows nothing of services, packages or transports.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from okra_core.hostapi import HostContext, HostFunction
 
 #: Receives what the guest writes to stdout (fd 1) or stderr (fd 2), in chunks as written.
 StdioSink = Callable[[int, bytes], None]
+
+#: An engine's `cache_dir` option left unset (see `cache_dir_option`).
+CACHE_DIR_UNSET: Any = object()
+
+
+def cache_home() -> pathlib.Path:
+    """Where OKRA caches things by default: `$XDG_CACHE_HOME/okra`, else `~/.cache/okra`."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "okra"
+
+
+def cache_dir_option(
+    value: Any, default: Callable[[], pathlib.Path], without: str
+) -> pathlib.Path | None:
+    """An engine plugin's `cache_dir` option: CACHE_DIR_UNSET for `default()`; None,
+    False or "" for no cache; else a directory path. Anything else is a ConfigError
+    saying that null means `without` (e.g. "to disable the compiled-module cache")."""
+    from okra_core.errors import ConfigError
+
+    if value is CACHE_DIR_UNSET:
+        return default()
+    if value is False or value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(
+            f"engine option cache_dir={value!r} must be a directory path, or null {without}"
+        )
+    return pathlib.Path(value)
+
 
 #: What `PackageError`s about a module's bytes start with, whichever engine finds them.
 NOT_A_MODULE = "service.wasm is not a valid WebAssembly module"

@@ -11,14 +11,20 @@ import threading
 import weakref
 from typing import Any
 
-from okra_core.engine import NOT_A_MODULE, EngineCapabilities, check_core_module
+from okra_core.engine import (
+    CACHE_DIR_UNSET,
+    NOT_A_MODULE,
+    EngineCapabilities,
+    cache_dir_option,
+    cache_home,
+    check_core_module,
+)
 from okra_core.errors import ConfigError, DeployError, PackageError
 from okra_plugins.engine_wasm3 import _capi, _meter, _wasm
 from okra_plugins.engine_wasm3._instance import signature
 from okra_plugins.engine_wasm3._module import Wasm3Module
 
 log = logging.getLogger(__name__)
-_DEFAULT = object()
 #: Each instance's wasm3 value stack. Deep recursion uses native stack in proportion
 #: (`_stack`): 64 KiB needs 2.5 MiB of native stack, well inside the 8 MiB a thread has by
 #: default on Linux; a call on a thread with less is refused rather than risk a crash.
@@ -54,7 +60,7 @@ class Wasm3Engine:
     name = "wasm3"
 
     def __init__(
-        self, *, stack_bytes: int = DEFAULT_STACK_BYTES, cache_dir: Any = _DEFAULT,
+        self, *, stack_bytes: int = DEFAULT_STACK_BYTES, cache_dir: Any = CACHE_DIR_UNSET,
         meter: bool = True,
     ):
         if type(stack_bytes) is not int or not 4096 <= stack_bytes <= MAX_STACK_BYTES:
@@ -66,16 +72,9 @@ class Wasm3Engine:
         if not isinstance(meter, bool):
             raise ConfigError(f"engine option meter={meter!r} must be true or false")
         self.meter = meter
-        if cache_dir is _DEFAULT:
-            cache_dir = _default_cache_dir()
-        elif cache_dir is False or cache_dir is None or cache_dir == "":
-            cache_dir = None
-        elif not isinstance(cache_dir, (str, os.PathLike)):
-            raise ConfigError(
-                f"engine option cache_dir={cache_dir!r} must be a directory path, or null "
-                "to check every module at every deploy"
-            )
-        self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = cache_dir_option(
+            cache_dir, _default_cache_dir, "to check every module at every deploy"
+        )
         self._loaded: weakref.WeakValueDictionary[str, Wasm3Module] = (
             weakref.WeakValueDictionary()
         )
@@ -274,11 +273,8 @@ def _refuse_non_function_imports(info: _wasm.ModuleInfo) -> None:
 
 def _default_cache_dir() -> pathlib.Path:
     explicit = os.environ.get("OKRA_CACHE_DIR")
-    if explicit:
-        return pathlib.Path(explicit).expanduser() / "wasm3-checked"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "okra" / "wasm3-checked"
+    base = pathlib.Path(explicit).expanduser() if explicit else cache_home()
+    return base / "wasm3-checked"
 
 
 def create_engine(**options: Any) -> Wasm3Engine:

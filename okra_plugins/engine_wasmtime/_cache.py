@@ -20,6 +20,8 @@ import os
 import pathlib
 import tempfile
 
+from okra_core.engine import cache_home
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"OKRAcwasm\x00\x01\x00"  # format 1
@@ -31,9 +33,7 @@ def default_cache_dir() -> pathlib.Path:
     explicit = os.environ.get("OKRA_CACHE_DIR")
     if explicit:
         return pathlib.Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "okra" / "modules"
+    return cache_home() / "modules"
 
 
 class ModuleCache:

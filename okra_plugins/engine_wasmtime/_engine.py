@@ -6,7 +6,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import threading
 import weakref
@@ -14,7 +13,13 @@ from typing import Any
 
 import wasmtime
 
-from okra_core.engine import NOT_A_MODULE, EngineCapabilities, check_core_module
+from okra_core.engine import (
+    CACHE_DIR_UNSET,
+    NOT_A_MODULE,
+    EngineCapabilities,
+    cache_dir_option,
+    check_core_module,
+)
 from okra_core.errors import ConfigError, PackageError
 from okra_plugins.engine_wasmtime import _pooling
 from okra_plugins.engine_wasmtime._cache import ModuleCache, default_cache_dir
@@ -27,7 +32,6 @@ log = logging.getLogger(__name__)
 
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 OPT_LEVELS = ("none", "speed", "speed_and_size")
-_DEFAULT = object()
 
 
 class WasmtimeEngine:
@@ -54,7 +58,7 @@ class WasmtimeEngine:
     def __init__(
         self,
         *,
-        cache_dir: Any = _DEFAULT,
+        cache_dir: Any = CACHE_DIR_UNSET,
         opt_level: str = "speed",
         epoch_interruption: bool = True,
         pooling_slots: int = 0,
@@ -96,15 +100,9 @@ class WasmtimeEngine:
         #: Advances the epoch so call deadlines stop running guests.
         self.ticker = EpochTicker(self.wasmtime_engine) if epoch_interruption else None
 
-        if cache_dir is _DEFAULT:
-            cache_dir = default_cache_dir()
-        elif cache_dir is False or cache_dir is None or cache_dir == "":
-            cache_dir = None
-        elif not isinstance(cache_dir, (str, os.PathLike)):
-            raise ConfigError(
-                f"engine option cache_dir={cache_dir!r} must be a directory path, or null "
-                "to disable the compiled-module cache"
-            )
+        cache_dir = cache_dir_option(
+            cache_dir, default_cache_dir, "to disable the compiled-module cache"
+        )
         self.cache = ModuleCache(cache_dir, self.config_key()) if cache_dir is not None else None
         self._loaded: weakref.WeakValueDictionary[str, WasmtimeModule] = (
             weakref.WeakValueDictionary()
