@@ -111,10 +111,7 @@ class Wasm3Engine:
         _refuse_non_function_imports(info)
         runnable = self._metered(wasm) if self.meter else wasm
         if runnable is not wasm:
-            try:
-                _validate(runnable)  # the rewrite's own output, against the same rules
-            except PackageError as exc:
-                raise DeployError(f"engine wasm3 could not meter service.wasm: {exc}") from None
+            _validate_metered(runnable)
         checked = self._checked_marker(digest)
         if checked is None or not checked.exists():
             self._check(runnable, self._read(runnable) if self.meter else info)
@@ -175,9 +172,7 @@ class Wasm3Engine:
             if err:
                 _capi.free_module(module)
                 raise PackageError(f"{prefix} (wasm3): {_capi.message(err)}")
-            for imp in info.imports:
-                if imp.kind != "func":
-                    continue  # refused when instantiated, with the reason
+            for imp in info.imports:  # functions only: compile refused the rest
                 try:
                     sig = signature(imp.params, imp.results)
                 except ValueError as exc:
@@ -229,6 +224,18 @@ def _validate(wasm: bytes) -> None:
             "not SIMD, threads, tail calls, exceptions or multiple memories): run it on "
             "wasmtime"
         ) from None
+
+
+def _validate_metered(wasm: bytes) -> None:
+    """The fuel-check rewrite's own output, against the rules of what wasm3 runs (the
+    module it came from passed them: a failure here is the rewrite's)."""
+    import wasmtime
+
+    try:
+        wasmtime.Module.validate(_validator(full=False), wasm)
+    except wasmtime.WasmtimeError as exc:
+        message = " ".join(str(exc).split())
+        raise DeployError(f"engine wasm3 could not meter service.wasm: {message}") from None
 
 
 _VALIDATORS: dict[bool, object] = {}
