@@ -32,7 +32,7 @@ _get_results = _capi.get_results
 _get_memory = _capi.get_memory
 _EMPTY = memoryview(bytearray())
 _stack_size = _stack.current
-_thread_stack = _stack._thread  # where current() keeps each thread's size
+_thread_stack = _stack.measured
 
 #: What a host callback returns to make the call fail; why is in the instance state.
 _STOP = ctypes.create_string_buffer(b"[trap] stopped by the host")

@@ -18,7 +18,9 @@ NATIVE_PER_STACK_BYTE = 32
 #: Native stack the Python frames below the call may already use.
 MARGIN = 512 * 1024
 
-_thread = threading.local()
+#: Each thread's stack size, as `current()` measured it (`size`: 0 until then, None if
+#: unknown); read directly on the request path.
+measured = threading.local()
 
 
 def needed(stack_bytes: int) -> int:
@@ -27,9 +29,9 @@ def needed(stack_bytes: int) -> int:
 
 def current() -> int | None:
     """The calling thread's native stack size in bytes (None if it cannot be known)."""
-    size = getattr(_thread, "size", 0)
+    size = getattr(measured, "size", 0)
     if size == 0:
-        size = _thread.size = _measure()
+        size = measured.size = _measure()
     return size
 
 
